@@ -1,0 +1,3 @@
+from dermbench.cli import main
+
+main()

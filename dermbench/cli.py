@@ -1,0 +1,369 @@
+"""The ``dermbench`` command line. Heavy libraries are imported inside commands so ``--help`` stays instant."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from dermbench.api import DermbenchError
+
+app = typer.Typer(
+    name="dermbench",
+    help="Compare vision foundation models on dermatology, with bootstrap CIs and paired tests.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plugins_app = typer.Typer(help="List installed plugins, or check one.", invoke_without_command=True)
+cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(cache_app, name="cache")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False)
+
+
+def parse_value(v: str) -> Any:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, 'a,b' stays a string; JSON lists/objects are parsed."""
+    import json
+
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    if v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            pass
+    return v
+
+
+def parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise DermbenchError(f"{what} {it!r} must look like key=value")
+        k, v = it.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
+
+
+def route_task_opts(raw: dict[str, Any], tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """``task.key=value`` targets one task; a bare ``key=value`` goes to every planned task that has that option."""
+    from dermbench import plugins
+
+    reg = plugins.registry()
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in raw.items():
+        if "." in k:
+            t, key = k.split(".", 1)
+            reg.task(t)
+            out.setdefault(t, {})[key] = v
+            continue
+        targets = [t for t in tasks if k in reg.task(t).info.defaults]
+        if not targets:
+            raise DermbenchError(
+                f"--task-opt {k}: none of the tasks {tasks} has an option {k!r}; "
+                + "; ".join(f"{t}: {', '.join(sorted(reg.task(t).info.defaults)) or '-'}" for t in tasks)
+            )
+        for t in targets:
+            out.setdefault(t, {})[k] = v
+    return out
+
+
+@app.command()
+def run(
+    model: str = typer.Option(..., "--model", "-m", help="model name(s), comma-separated"),
+    task: str = typer.Option("all", "--task", "-t", help="task name(s), comma-separated, or 'all'"),
+    dataset: str = typer.Option("dermsynth", "--dataset", "-d", help="dataset name(s), comma-separated"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder holding the dataset's files"),
+    seed: str = typer.Option("0", "--seed", help="seed, or several comma-separated (one record each)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    overwrite: str = typer.Option("missing", "--overwrite",
+                                  help="never: keep any record; missing: run absent or stale cells; always: rerun all"),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="results directory"),
+    weights: list[str] = typer.Option([], "--weights", help="PATH for a single model, or MODEL=PATH"),
+    task_opt: list[str] = typer.Option([], "--task-opt", help="task option key=value or task.key=value"),
+    dataset_opt: list[str] = typer.Option([], "--dataset-opt", help="dataset loader option key=value"),
+    model_opt: list[str] = typer.Option([], "--model-opt", help="model loader option key=value"),
+    split_seed: int = typer.Option(0, "--split-seed", help="seed of the seeded 50/50 split where no official one exists"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="feature cache (default $DERMBENCH_CACHE or ~/.cache/dermbench)"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates"),
+    ci: str = typer.Option("percentile", "--ci", help="percentile | bca | paper (the DermINO μ ± v, labelled)"),
+    commercial_only: bool = typer.Option(False, "--commercial-only", help="only models/datasets licensed for commercial use"),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="skip unreadable images (counted in provenance)"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run a deterministic 1/n of the planned cells"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run models x tasks x datasets; finished cells are skipped, results are written as JSON records."""
+    from dermbench import runner
+
+    models = runner.split_names(model)
+    tasks = runner.split_names(task)
+    datasets = runner.split_names(dataset)
+    seeds = [int(s) for s in runner.split_names(seed)]
+    wmap: dict[str, str] = {}
+    for w in weights:
+        if "=" in w and not Path(w).exists():
+            k, v = w.split("=", 1)
+            wmap[k] = v
+        elif len(models) == 1:
+            wmap[models[0]] = w
+        else:
+            raise DermbenchError("with several models, pass --weights MODEL=PATH")
+    shard_t = None
+    if shard:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+            assert 1 <= i <= n
+        except (ValueError, AssertionError):
+            raise DermbenchError(f"--shard {shard!r} must look like i/n with 1 <= i <= n, e.g. 2/4") from None
+        shard_t = (i, n)
+    p = runner.plan(models, tasks, datasets, seeds, commercial_only)  # validates names first
+    task_names = sorted({c.task for c in p.cells} | {c.task for c, _ in p.skipped})
+    opts = runner.RunOptions(
+        out=out, data_root=data_root, seeds=seeds, device=device, overwrite=overwrite,
+        task_params=route_task_opts(parse_kv(task_opt, "--task-opt"), task_names),
+        dataset_opts=parse_kv(dataset_opt, "--dataset-opt"), model_opts=parse_kv(model_opt, "--model-opt"),
+        weights=wmap, cache_dir=cache_dir, batch_size=batch_size, n_boot=n_boot, ci=ci, split_seed=split_seed,
+        commercial_only=commercial_only, skip_bad_images=skip_bad_images, shard=shard_t,
+    )
+    if overwrite not in runner.OVERWRITE:
+        raise DermbenchError(f"--overwrite must be one of {', '.join(runner.OVERWRITE)}, got {overwrite!r}")
+    console = None if quiet else _console()
+    r = runner.Runner(opts, console=console, quiet=quiet)
+    summary = r.run(p)
+    if not quiet:
+        _print_summary(console, summary, out)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(console, summary, out: Path) -> None:
+    from rich.table import Table
+
+    from dermbench.results import read_record
+
+    paths = [p for _, p in summary.done + summary.reused]
+    if paths:
+        t = Table(title=f"results ({len(summary.done)} new, {len(summary.reused)} reused) in {out}")
+        for col in ("model", "task", "dataset", "metric", "value", "95% CI"):
+            t.add_column(col)
+        for p in paths:
+            rec = read_record(p)
+            for name, m in rec.metrics.items():
+                if name not in ("auroc_macro", "f1_macro", "dice", "jaccard") and len(rec.metrics) > 2:
+                    continue
+                v, lo, hi = m.get("value"), m.get("ci_low"), m.get("ci_high")
+                t.add_row(rec.model, rec.task, rec.dataset, name, "n/a" if v is None else f"{v:.3f}",
+                          "n/a" if lo is None else f"[{lo:.3f}, {hi:.3f}]")
+        console.print(t)
+    if summary.skipped:
+        console.print(f"[yellow]{len(summary.skipped)} cell(s) skipped[/] (see reasons above)")
+    if summary.failed:
+        console.print(f"[red]{len(summary.failed)} cell(s) failed:[/]")
+        for cell, msg in summary.failed:
+            console.print(f"  {cell.label}: {msg}", highlight=False)
+
+
+@app.command("list")
+def list_cmd(
+    kind: str = typer.Argument(..., help="models | tasks | datasets"),
+    commercial_only: bool = typer.Option(False, "--commercial-only"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List registered models, tasks or datasets with their metadata (licence included)."""
+    from dermbench import plugins
+
+    reg = plugins.registry()
+    tables = {"models": reg.models, "tasks": reg.tasks, "datasets": reg.datasets}
+    if kind not in tables:
+        raise DermbenchError(f"unknown kind {kind!r}: use models, tasks or datasets")
+    rows = []
+    for name in sorted(tables[kind]):
+        info = tables[kind][name].info
+        if commercial_only and not getattr(info, "commercial_use", True):
+            continue
+        rows.append({**info.as_row(), "plugin": tables[kind][name].plugin})
+    if as_json:
+        import json
+
+        print(json.dumps(rows, indent=1))
+        return
+    _table(rows, f"{len(rows)} {kind}")
+    _report_plugin_errors(reg)
+
+
+def _table(rows: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    cols = list(rows[0]) if rows else ["name"]
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*[str(r.get(c, "")) for c in cols])
+    _console().print(t)
+
+
+def _report_plugin_errors(reg) -> None:
+    if reg.errors:
+        c = _console()
+        for e in reg.errors:
+            c.print(f"[red]plugin {e.plugin!r} failed at {e.stage}:[/] {e.error}" + (f" — {e.hint}" if e.hint else ""),
+                    highlight=False)
+
+
+@plugins_app.callback()
+def plugins_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Installed plugins, their versions, hooks and what they registered (failures included)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dermbench import plugins
+
+    rows = plugins.plugin_rows()
+    reg = plugins.registry()
+    if as_json:
+        import json
+
+        print(json.dumps({"plugins": rows, "errors": [e.__dict__ for e in reg.errors]}, indent=1, default=str))
+        return
+    _table(
+        [
+            {"plugin": r["name"], "dist": r["dist"], "version": r["version"], "hooks": ", ".join(r["hooks"]),
+             "registered": "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registered"].items())}
+            for r in rows
+        ],
+        f"{len(rows)} plugins",
+    )
+    _report_plugin_errors(reg)
+
+
+@plugins_app.command("check")
+def plugins_check(name: str = typer.Argument(..., help="a model name"), n_images: int = typer.Option(4, "--n-images"),
+                  weights: Optional[str] = typer.Option(None, "--weights")) -> None:
+    """Run a model on a few dermsynth images: shapes, speed and metadata consistency."""
+    from dermbench import check
+
+    report = check.check_model(name, n_images=n_images, weights=weights)
+    rows = [{"check": k, "result": str(v)} for k, v in report.items()]
+    _table(rows, f"plugins check {name}")
+    if not report.get("ok", False):
+        raise typer.Exit(1)
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir")) -> None:
+    """List cached feature entries."""
+    from dermbench.features import FeatureStore
+
+    store = FeatureStore(cache_dir)
+    rows = [
+        {"model": e.get("model"), "dataset": e.get("dataset"), "split": e.get("split"), "kind": e.get("kind"),
+         "layers": e.get("layers"), "n": e.get("n"), "shape": e.get("shapes"), "MB": round(e.get("bytes", 0) / 1e6, 2)}
+        for e in store.entries()
+    ]
+    _table(rows, f"{len(rows)} feature entries in {store.dir}")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    dataset: Optional[str] = typer.Option(None, "--dataset"),
+) -> None:
+    """Delete cached features (all, or one model's / dataset's)."""
+    from dermbench.features import FeatureStore
+
+    n = FeatureStore(cache_dir).clear(model=model, dataset=dataset)
+    print(f"removed {n} feature entries")
+
+
+@app.command()
+def leaderboard(
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results directory"),
+    task: Optional[str] = typer.Option(None, "--task"),
+    dataset: Optional[str] = typer.Option(None, "--dataset"),
+    model: Optional[str] = typer.Option(None, "--model"),
+    fmt: str = typer.Option("md", "--format", help="md,csv,json,html (comma-separated)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write files here (e.g. leaderboards/)"),
+    ci: str = typer.Option("percentile", "--ci"),
+    correction: str = typer.Option("holm", "--correction", help="holm | bh | none"),
+    commercial_only: bool = typer.Option(False, "--commercial-only"),
+    plots: bool = typer.Option(True, "--plots/--no-plots"),
+) -> None:
+    """Tables from stored result records only: CIs, ranks, paired-test markers vs the best (Holm)."""
+    from dermbench import leaderboard as lb
+    from dermbench.runner import split_names
+
+    res = lb.build_leaderboard(
+        results,
+        tasks=split_names(task) if task else None,
+        datasets=split_names(dataset) if dataset else None,
+        models=split_names(model) if model else None,
+        formats=tuple(split_names(fmt)), out=out, ci=ci, correction=correction,
+        commercial_only=commercial_only, plots=plots,
+    )
+    print(res["table"])
+    for f in res.get("files", []):
+        print(f"wrote {f}")
+
+
+@app.command()
+def compare(
+    model_a: str = typer.Argument(...),
+    model_b: str = typer.Argument(...),
+    task: str = typer.Option(..., "--task"),
+    dataset: str = typer.Option(..., "--dataset"),
+    results: Path = typer.Option(Path("results"), "--results", "-r"),
+    metric: Optional[str] = typer.Option(None, "--metric"),
+    test: str = typer.Option("bootstrap", "--test", help="bootstrap | paper-ttest (anti-conservative, labelled)"),
+    ci: str = typer.Option("percentile", "--ci"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+) -> None:
+    """Paired comparison of two models on identical bootstrap resamples."""
+    import json
+
+    from dermbench import leaderboard as lb
+
+    res = lb.compare(results, model_a, model_b, task=task, dataset=dataset, metric=metric, test=test, ci=ci, seed=seed)
+    print(json.dumps(res, indent=1, default=str))
+
+
+def _load_plugin_commands() -> None:
+    from dermbench import plugins
+
+    for e in plugins.add_commands(app):
+        print(f"warning: plugin {e.plugin!r} failed to add commands: {e.error}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _load_plugin_commands()
+    try:
+        app(args=argv, standalone_mode=True)
+    except DermbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

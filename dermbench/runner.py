@@ -1,0 +1,417 @@
+"""Plan cells (model x task x dataset), skip the done ones, run the rest, score and record them.
+
+One failing cell (missing weights, a bad file) is recorded and reported; the others go on, and nothing
+already computed is lost: records and cache entries are written atomically as soon as they exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from dermbench import plugins
+from dermbench.api import Backbone, Dataset, DermbenchError, ModelInfo, Split, TaskInfo, TaskOutput, stable_hash
+from dermbench.features import FeatureStore
+from dermbench.results import (
+    ResultRecord,
+    artifacts_dir,
+    atomic_write_text,
+    provenance,
+    read_record,
+    record_path,
+    write_record,
+)
+
+OVERWRITE = ("never", "missing", "always")
+
+
+@dataclass
+class Cell:
+    model: str
+    task: str
+    dataset: str
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} × {self.task} × {self.dataset} (seed {self.seed})"
+
+
+@dataclass
+class Plan:
+    cells: list[Cell] = field(default_factory=list)
+    skipped: list[tuple[Cell, str]] = field(default_factory=list)  # incompatible, with the reason
+
+
+@dataclass
+class RunSummary:
+    done: list[tuple[Cell, Path]] = field(default_factory=list)
+    reused: list[tuple[Cell, Path]] = field(default_factory=list)
+    skipped: list[tuple[Cell, str]] = field(default_factory=list)
+    failed: list[tuple[Cell, str]] = field(default_factory=list)
+    backbone_loads: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass
+class RunOptions:
+    out: Path = Path("results")
+    data_root: Path | None = None
+    seeds: Sequence[int] = (0,)
+    device: str = "cpu"
+    overwrite: str = "missing"
+    task_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> params
+    dataset_opts: dict[str, Any] = field(default_factory=dict)
+    model_opts: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)  # model -> path
+    cache_dir: Path | None = None
+    batch_size: int = 32
+    n_boot: int = 1000
+    ci: str = "percentile"
+    split_seed: int = 0
+    commercial_only: bool = False
+    skip_bad_images: bool = False
+    shard: tuple[int, int] | None = None  # (i, n), 1-based i
+
+
+def split_names(value: str | Sequence[str]) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def plan(models: Sequence[str], tasks: Sequence[str], datasets: Sequence[str], seeds: Sequence[int] = (0,),
+         commercial_only: bool = False) -> Plan:
+    """Resolve names (unknown ones raise with the valid list) and keep the compatible cells."""
+    reg = plugins.registry()
+    model_infos = [reg.model(m).info for m in models]
+    dataset_infos = [reg.dataset(d).info for d in datasets]
+    if list(tasks) == ["all"]:
+        task_names = sorted(reg.tasks)
+    else:
+        task_names = list(tasks)
+    task_infos = [reg.task(t).info for t in task_names]
+    p = Plan()
+    for mi in model_infos:
+        for di in dataset_infos:
+            for ti in task_infos:
+                for seed in seeds:
+                    cell = Cell(mi.name, ti.name, di.name, seed)
+                    if commercial_only and not mi.commercial_use:
+                        p.skipped.append((cell, f"model {mi.name!r} is not licensed for commercial use ({mi.license})"))
+                        continue
+                    if commercial_only and not di.commercial_use:
+                        p.skipped.append((cell, f"dataset {di.name!r} is not licensed for commercial use ({di.license})"))
+                        continue
+                    why = ti.incompatibility(mi, di)
+                    if why:
+                        p.skipped.append((cell, why))
+                    else:
+                        p.cells.append(cell)
+    return p
+
+
+def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """A deterministic 1/n of the cells: by a stable hash of the cell, so shards stay balanced and fixed."""
+    if shard is None:
+        return cells
+    i, n = shard
+    return [c for c in cells if int(stable_hash([c.model, c.task, c.dataset, c.seed], 8), 16) % n == i - 1]
+
+
+def task_params(info: TaskInfo, given: dict[str, Any]) -> dict[str, Any]:
+    params = dict(info.defaults)
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise DermbenchError(
+            f"task {info.name!r} has no option(s) {unknown}; its options are "
+            f"{', '.join(f'{k}={v!r}' for k, v in sorted(params.items())) or '(none)'}"
+        )
+    params.update(given)
+    return params
+
+
+def _weights_spec(path: str | None) -> str:
+    """A cheap identity for --weights (path, size, mtime) used in the config hash; the content hash is recorded."""
+    if not path:
+        return "default"
+    p = Path(path)
+    if p.exists():
+        st = p.stat()
+        return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    return str(path)
+
+
+class CellContext:
+    """The TaskContext the runner hands a task (see dermbench.api.TaskContext)."""
+
+    def __init__(self, runner: "Runner", model: str, dataset: Dataset, seed: int, params: dict[str, Any], out_dir: Path):
+        self._runner = runner
+        self.model_name = model
+        self.model_info: ModelInfo = plugins.registry().model(model).info
+        self.dataset = dataset
+        self.seed = seed
+        self.device = runner.opts.device
+        self.params = params
+        self.out_dir = out_dir
+
+    def split(self, name: str) -> Split:
+        return self.dataset.split(name)
+
+    def backbone(self) -> Backbone:
+        return self._runner.backbone(self.model_name)
+
+    def features(self, split: Split):
+        bb = self.backbone()
+        with self.progress(f"features {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv:
+            return self._runner.store.embeddings(bb, split, device=self.device, progress=adv)
+
+    def patch_features(self, split: Split, layers: Sequence[int]):
+        bb = self.backbone()
+        with self.progress(f"patch maps {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv:
+            return self._runner.store.patch_tokens(bb, split, layers, device=self.device, progress=adv)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        with self._runner.progress(description, total) as adv:
+            yield adv
+
+    def log(self, message: str) -> None:
+        self._runner.log(f"  {message}")
+
+
+class Runner:
+    def __init__(self, opts: RunOptions, console: Any = None, quiet: bool = False):
+        self.opts = opts
+        self.store = FeatureStore(opts.cache_dir, batch_size=opts.batch_size)
+        self.console = console
+        self.quiet = quiet
+        self._backbones: dict[str, Backbone] = {}
+        self._datasets: dict[str, Dataset] = {}
+        self.summary = RunSummary()
+
+    # ------------------------------------------------------------------ output helpers
+    def log(self, msg: str) -> None:
+        if self.quiet:
+            return
+        if self.console is not None:
+            self.console.print(msg, highlight=False)
+        else:
+            print(msg)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        if self.quiet or self.console is None:
+            yield lambda n=1: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=self.console, transient=True) as prog:
+            tid = prog.add_task(description, total=total)
+            yield lambda n=1: prog.advance(tid, n)
+
+    # ------------------------------------------------------------------ resources
+    def backbone(self, model: str) -> Backbone:
+        if model not in self._backbones:
+            # one model in memory at a time: features are cached, so old backbones are no longer needed
+            self._backbones.clear()
+            entry = plugins.registry().model(model)
+            kwargs: dict[str, Any] = dict(self.opts.model_opts)
+            if self.opts.weights.get(model):
+                kwargs["weights"] = self.opts.weights[model]
+            kwargs.setdefault("device", self.opts.device)
+            t0 = time.perf_counter()
+            bb = entry.obj(**kwargs)
+            bb = bb.to(self.opts.device) if hasattr(bb, "to") else bb
+            self.summary.backbone_loads += 1
+            self.log(f"  loaded {model} ({bb.weights_id}) in {time.perf_counter() - t0:.1f}s")
+            self._backbones[model] = bb
+        return self._backbones[model]
+
+    def dataset(self, name: str) -> Dataset:
+        if name not in self._datasets:
+            entry = plugins.registry().dataset(name)
+            info = entry.info
+            root = self.opts.data_root
+            if info.needs_root and root is None:
+                raise DermbenchError(
+                    f"dataset {name!r} reads files from disk: pass --data-root PATH. {info.how_to_obtain}".strip()
+                )
+            if info.needs_root and not Path(root).exists():
+                raise DermbenchError(f"--data-root {root} does not exist. {info.how_to_obtain}".strip())
+            kwargs = dict(self.opts.dataset_opts)
+            kwargs.setdefault("split_seed", self.opts.split_seed)
+            if self.opts.skip_bad_images:
+                kwargs["skip_bad_images"] = True
+            ds = entry.obj(root, **kwargs)
+            if ds.skipped:
+                self.log(f"  {name}: skipped " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in ds.skipped.items()))
+            self._datasets[name] = ds
+        return self._datasets[name]
+
+    # ------------------------------------------------------------------ main loop
+    def config_for(self, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "task": cell.task,
+            "params": params,
+            "dataset_opts": self.opts.dataset_opts,
+            "model_opts": self.opts.model_opts,
+            "weights": _weights_spec(self.opts.weights.get(cell.model)),
+            "split_seed": self.opts.split_seed,
+            "n_boot": self.opts.n_boot,
+            "ci": self.opts.ci,
+            "skip_bad_images": self.opts.skip_bad_images,
+        }
+
+    def run(self, p: Plan) -> RunSummary:
+        s = self.summary
+        for cell, why in p.skipped:
+            s.skipped.append((cell, why))
+            self.log(f"[yellow]skip[/] {cell.label}: {why}" if self.console else f"skip {cell.label}: {why}")
+        cells = shard_cells(p.cells, self.opts.shard)
+        reg = plugins.registry()
+        for cell in cells:
+            t_cell = time.perf_counter()
+            try:
+                tinfo = reg.task(cell.task).info
+                params = task_params(tinfo, self.opts.task_params.get(cell.task, {}))
+                config = self.config_for(cell, params)
+                chash = stable_hash(config)
+                path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed)
+                if path.exists() and self.opts.overwrite != "always":
+                    old = _try_read(path)
+                    if self.opts.overwrite == "never" or (old is not None and old.config_hash == chash):
+                        s.reused.append((cell, path))
+                        self.log(f"done already: {cell.label} ({path})")
+                        continue
+                self.log(f"[bold]run[/] {cell.label}" if self.console else f"run {cell.label}")
+                rec = self.run_cell(cell, tinfo, params, config, chash)
+                rec.provenance["timings"]["cell_seconds"] = round(time.perf_counter() - t_cell, 3)
+                path = write_record(self.opts.out, rec)
+                s.done.append((cell, path))
+                prim = tinfo.primary_metric or (tinfo.metrics[0] if tinfo.metrics else None)
+                if prim and prim in rec.metrics:
+                    m = rec.metrics[prim]
+                    self.log(f"  {prim} = {_fmt(m.get('value'))} [{_fmt(m.get('ci_low'))}, {_fmt(m.get('ci_high'))}]")
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # isolation: one failing cell never stops the others
+                msg = f"{type(e).__name__}: {e}" if not isinstance(e, DermbenchError) else str(e)
+                s.failed.append((cell, msg))
+                self._write_error(cell, msg, traceback.format_exc())
+                self.log(f"[red]FAILED[/] {cell.label}: {msg}" if self.console else f"FAILED {cell.label}: {msg}")
+        return s
+
+    def run_cell(self, cell: Cell, tinfo: TaskInfo, params: dict[str, Any], config: dict, chash: str) -> ResultRecord:
+        from dermbench import stats
+
+        reg = plugins.registry()
+        dataset = self.dataset(cell.dataset)
+        out_dir = artifacts_dir(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed)
+        ctx = CellContext(self, cell.model, dataset, cell.seed, params, out_dir)
+        task = reg.task(cell.task).obj(**params)
+        _seed_everything(cell.seed)
+        hits0, miss0, fwd0 = self.store.stats.hits, self.store.stats.misses, self.store.stats.images_forwarded
+        t0 = time.perf_counter()
+        output: TaskOutput = task.run(ctx)
+        t_task = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        metrics = stats.score(
+            output.predictions, output.metrics, split_hash=output.split.hash, seed=cell.seed,
+            n_boot=self.opts.n_boot, ci=self.opts.ci, strata=output.strata,
+        )
+        t_stats = time.perf_counter() - t1
+        bb = self._backbones.get(cell.model)
+        minfo = reg.model(cell.model).info
+        return ResultRecord(
+            model=cell.model, task=cell.task, dataset=cell.dataset, seed=cell.seed,
+            config=config, config_hash=chash, metrics=metrics, predictions=output.predictions,
+            split={
+                "name": output.split.name,
+                "hash": output.split.hash,
+                "n": len(output.split),
+                "sizes": {k: len(v) for k, v in dataset.splits.items()},
+                "source": dataset.split_source,
+            },
+            model_info={
+                "name": minfo.name, "family": minfo.family, "source": minfo.source, "embed_dim": minfo.embed_dim,
+                "license": minfo.license, "commercial_use": minfo.commercial_use, "trained_on": list(minfo.trained_on),
+                "weights_id": bb.weights_id if bb is not None else None, "random_init": minfo.random_init,
+                "preprocess": minfo.preprocess.key(),
+            },
+            dataset_info={
+                "name": dataset.info.name, "license": dataset.info.license,
+                "commercial_use": dataset.info.commercial_use, "aliases": list(dataset.info.aliases),
+                "label_names": list(dataset.label_names or dataset.info.label_names), "skipped": dataset.skipped,
+                "root": str(dataset.root) if dataset.root else None,
+            },
+            provenance={
+                **provenance(self.opts.device),
+                "seed": cell.seed,
+                "split_seed": self.opts.split_seed,
+                "timings": {"task_seconds": round(t_task, 3), "stats_seconds": round(t_stats, 3)},
+                "feature_cache": {
+                    "hits": self.store.stats.hits - hits0,
+                    "misses": self.store.stats.misses - miss0,
+                    "images_forwarded": self.store.stats.images_forwarded - fwd0,
+                },
+            },
+            extra=output.extra,
+            artifacts=[str(a) for a in output.artifacts],
+        )
+
+    def _write_error(self, cell: Cell, msg: str, tb: str) -> None:
+        path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed).with_suffix(".error.json")
+        try:
+            atomic_write_text(path, json.dumps({"cell": cell.__dict__, "error": msg, "traceback": tb,
+                                                "time": time.time()}, indent=1))
+        except OSError:
+            pass
+
+
+def _try_read(path: Path) -> ResultRecord | None:
+    try:
+        return read_record(path)
+    except DermbenchError:
+        return None
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def run(models: Sequence[str], tasks: Sequence[str], datasets: Sequence[str], opts: RunOptions | None = None,
+        console: Any = None, quiet: bool = False) -> RunSummary:
+    """Programmatic entry point (the CLI calls this)."""
+    opts = opts or RunOptions()
+    if opts.overwrite not in OVERWRITE:
+        raise DermbenchError(f"--overwrite must be one of {OVERWRITE}, got {opts.overwrite!r}")
+    p = plan(models, tasks, datasets, opts.seeds, opts.commercial_only)
+    runner = Runner(opts, console=console, quiet=quiet)
+    os.makedirs(opts.out, exist_ok=True)
+    return runner.run(p)

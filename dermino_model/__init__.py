@@ -1,0 +1,1 @@
+"""DermINO hybrid pretraining (first-party plugin)."""
