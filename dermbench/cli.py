@@ -27,7 +27,10 @@ app.add_typer(cache_app, name="cache")
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False)
+    c = Console(stderr=False)
+    if not c.is_terminal:  # piped output: don't fold tables to 80 columns
+        c = Console(stderr=False, width=max(c.width, 200))
+    return c
 
 
 def parse_value(v: str) -> Any:
@@ -149,9 +152,8 @@ def run(
     if overwrite not in runner.OVERWRITE:
         raise DermbenchError(f"--overwrite must be one of {', '.join(runner.OVERWRITE)}, got {overwrite!r}")
     console = None if quiet else _console()
-    r = runner.Runner(opts, console=console, quiet=quiet)
-    summary = r.run(p)
-    if not quiet:
+    summary = runner.execute(p, opts, console=console, quiet=quiet)
+    if not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         _print_summary(console, summary, out)
     if summary.failed:
         raise typer.Exit(1)
@@ -346,6 +348,20 @@ def compare(
 
     res = lb.compare(results, model_a, model_b, task=task, dataset=dataset, metric=metric, test=test, ci=ci, seed=seed)
     print(json.dumps(res, indent=1, default=str))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o"),
+    models: str = typer.Option("auto", "--models", help="'auto': every model whose weights exist here, plus dermino"),
+    n: int = typer.Option(400, "--n", help="dermsynth images"),
+    task: str = typer.Option("all", "--task"),
+    publish: Optional[Path] = typer.Option(None, "--publish", help="also write md/csv/json/html + plots here"),
+) -> None:
+    """The main job: all offline-runnable models x all tasks on dermsynth, then the leaderboard."""
+    from dermbench.demo import run_demo
+
+    raise typer.Exit(run_demo(out, models=models, n=n, tasks=task, publish=publish, console=_console()))
 
 
 def _load_plugin_commands() -> None:

@@ -100,7 +100,10 @@ class FeatureStore:
                          num_threads=self.num_threads, progress=progress, np_dtype=np_dtype)
         self.stats.extract_seconds += time.perf_counter() - t0
         self.stats.images_forwarded += len(split)
-        self._write(path, key, split, arrays)
+        from dermbench import distributed as ddp
+
+        if ddp.rank() == 0:  # one writer; the others already hold the gathered arrays
+            self._write(path, key, split, arrays)
         return arrays
 
     def _write(self, path: Path, key: dict, split: Split, arrays: list["np.ndarray"]) -> None:
@@ -153,38 +156,43 @@ def extract(
     progress: Any = None,
     np_dtype: str = "float32",
 ) -> list["np.ndarray"]:
-    """Run ``fn`` over the split in batches; image decoding/preprocessing overlaps the forward pass."""
+    """Run ``fn`` over the split in batches; image decoding/preprocessing overlaps the forward pass.
+
+    Under torch.distributed, batch b is computed by rank b mod world and the batches are gathered on every
+    rank: the same batch compositions as a single process, hence bit-identical features.
+    """
     import numpy as np
     import torch
+
+    from dermbench import distributed as ddp
 
     samples = split.samples
     tf = backbone.transform
 
     def load_batch(lo: int):
-        imgs = []
-        for s in samples[lo : lo + batch_size]:
-            imgs.append(tf(s.load_image()))
-        return torch.stack(imgs)
+        return torch.stack([tf(s.load_image()) for s in samples[lo : lo + batch_size]])
 
-    outs: list[list[np.ndarray]] | None = None
     starts = list(range(0, len(samples), batch_size))
     if not starts:
         raise DermbenchError(f"split {split.name!r} of {split.dataset.name!r} is empty: nothing to extract")
+    mine = starts[ddp.rank() :: ddp.world()]
+    results: dict[int, list[np.ndarray]] = {}
     with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        futures = [pool.submit(load_batch, starts[0])]
-        for i, lo in enumerate(starts):
-            if i + 1 < len(starts):
-                futures.append(pool.submit(load_batch, starts[i + 1]))
-            x = futures[i].result().to(device)
+        futures = {lo: None for lo in mine}
+        if mine:
+            futures[mine[0]] = pool.submit(load_batch, mine[0])
+        for i, lo in enumerate(mine):
+            if i + 1 < len(mine):
+                futures[mine[i + 1]] = pool.submit(load_batch, mine[i + 1])
+            x = futures[lo].result().to(device)
+            futures[lo] = None  # free memory
             with torch.inference_mode():
                 res = fn(x)
-            res_np = [r.detach().float().cpu().numpy().astype(np_dtype) for r in res]
-            if outs is None:
-                outs = [[] for _ in res_np]
-            for acc, r in zip(outs, res_np):
-                acc.append(r)
-            futures[i] = None  # free memory
+            results[lo] = [r.detach().float().cpu().numpy().astype(np_dtype) for r in res]
             if progress is not None:
-                progress(len(res_np[0]))
-    assert outs is not None
-    return [np.concatenate(a, axis=0) for a in outs]
+                progress(len(results[lo][0]) * ddp.world())
+    if ddp.is_active():
+        for part in ddp.all_gather(results):
+            results.update(part)
+    n_out = len(results[starts[0]])
+    return [np.concatenate([results[lo][j] for lo in starts], axis=0) for j in range(n_out)]

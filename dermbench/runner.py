@@ -254,8 +254,6 @@ class Runner:
             if self.opts.skip_bad_images:
                 kwargs["skip_bad_images"] = True
             ds = entry.obj(root, **kwargs)
-            if ds.skipped:
-                self.log(f"  {name}: skipped " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in ds.skipped.items()))
             self._datasets[name] = ds
         return self._datasets[name]
 
@@ -274,43 +272,100 @@ class Runner:
         }
 
     def run(self, p: Plan) -> RunSummary:
+        from dermbench import distributed as ddp
+
         s = self.summary
         for cell, why in p.skipped:
             s.skipped.append((cell, why))
             self.log(f"[yellow]skip[/] {cell.label}: {why}" if self.console else f"skip {cell.label}: {why}")
-        cells = shard_cells(p.cells, self.opts.shard)
         reg = plugins.registry()
-        for cell in cells:
-            t_cell = time.perf_counter()
-            try:
-                tinfo = reg.task(cell.task).info
-                params = task_params(tinfo, self.opts.task_params.get(cell.task, {}))
+        todo: list[tuple[Cell, dict, dict, str]] = []
+        if ddp.rank() == 0:
+            for cell in shard_cells(p.cells, self.opts.shard):
+                try:
+                    tinfo = reg.task(cell.task).info
+                    params = task_params(tinfo, self.opts.task_params.get(cell.task, {}))
+                except DermbenchError as e:
+                    s.failed.append((cell, str(e)))
+                    continue
                 config = self.config_for(cell, params)
                 chash = stable_hash(config)
-                path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed)
-                if path.exists() and self.opts.overwrite != "always":
-                    old = _try_read(path)
-                    if self.opts.overwrite == "never" or (old is not None and old.config_hash == chash):
-                        s.reused.append((cell, path))
-                        self.log(f"done already: {cell.label} ({path})")
-                        continue
-                self.log(f"[bold]run[/] {cell.label}" if self.console else f"run {cell.label}")
-                rec = self.run_cell(cell, tinfo, params, config, chash)
-                rec.provenance["timings"]["cell_seconds"] = round(time.perf_counter() - t_cell, 3)
-                path = write_record(self.opts.out, rec)
-                s.done.append((cell, path))
-                prim = tinfo.primary_metric or (tinfo.metrics[0] if tinfo.metrics else None)
-                if prim and prim in rec.metrics:
-                    m = rec.metrics[prim]
-                    self.log(f"  {prim} = {_fmt(m.get('value'))} [{_fmt(m.get('ci_low'))}, {_fmt(m.get('ci_high'))}]")
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # isolation: one failing cell never stops the others
-                msg = f"{type(e).__name__}: {e}" if not isinstance(e, DermbenchError) else str(e)
-                s.failed.append((cell, msg))
-                self._write_error(cell, msg, traceback.format_exc())
-                self.log(f"[red]FAILED[/] {cell.label}: {msg}" if self.console else f"FAILED {cell.label}: {msg}")
+                done = self._done_path(cell, chash)
+                if done is not None:
+                    s.reused.append((cell, done))
+                    self.log(f"done already: {cell.label} ({done})")
+                    continue
+                todo.append((cell, params, config, chash))
+        if ddp.is_active():
+            todo = ddp.broadcast(todo)
+            self._preextract([c for c, *_ in todo])
+            if ddp.rank() != 0:
+                return s
+        for cell, params, config, chash in todo:
+            self._run_one(cell, reg.task(cell.task).info, params, config, chash)
         return s
+
+    def _done_path(self, cell: Cell, chash: str) -> Path | None:
+        """The record of this cell if it counts as done under the overwrite policy."""
+        path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed)
+        if not path.exists() or self.opts.overwrite == "always":
+            return None
+        old = _try_read(path)
+        if self.opts.overwrite == "never" or (old is not None and old.config_hash == chash):
+            return path
+        return None
+
+    def _run_one(self, cell: Cell, tinfo: TaskInfo, params: dict, config: dict, chash: str) -> None:
+        s = self.summary
+        claim = Claim(record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed).with_suffix(".claim"))
+        holder = claim.acquire()
+        if holder is not None:
+            s.skipped.append((cell, f"claimed by {holder}"))
+            self.log(f"busy: {cell.label} is being run by {holder}")
+            return
+        t_cell = time.perf_counter()
+        try:
+            if self.opts.overwrite != "always":
+                done = self._done_path(cell, chash)  # another shard may have finished it meanwhile
+                if done is not None:
+                    s.reused.append((cell, done))
+                    return
+            self.log(f"[bold]run[/] {cell.label}" if self.console else f"run {cell.label}")
+            rec = self.run_cell(cell, tinfo, params, config, chash)
+            rec.provenance["timings"]["cell_seconds"] = round(time.perf_counter() - t_cell, 3)
+            path = write_record(self.opts.out, rec)
+            s.done.append((cell, path))
+            prim = tinfo.primary_metric or (tinfo.metrics[0] if tinfo.metrics else None)
+            if prim and prim in rec.metrics:
+                m = rec.metrics[prim]
+                self.log(f"  {prim} = {_fmt(m.get('value'))} [{_fmt(m.get('ci_low'))}, {_fmt(m.get('ci_high'))}]")
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # isolation: one failing cell never stops the others
+            msg = f"{type(e).__name__}: {e}" if not isinstance(e, DermbenchError) else str(e)
+            s.failed.append((cell, msg))
+            self._write_error(cell, msg, traceback.format_exc())
+            self.log(f"[red]FAILED[/] {cell.label}: {msg}" if self.console else f"FAILED {cell.label}: {msg}")
+        finally:
+            claim.release()
+
+    def _preextract(self, cells: list[Cell]) -> None:
+        """All ranks extract the embeddings of every (model, dataset) split the cells need, together."""
+        reg = plugins.registry()
+        seen: set[tuple[str, str]] = set()
+        for cell in cells:
+            if (cell.model, cell.dataset) in seen or "cls" not in reg.task(cell.task).info.capabilities:
+                continue
+            seen.add((cell.model, cell.dataset))
+            try:
+                ds = self.dataset(cell.dataset)
+                bb = self.backbone(cell.model)
+            except Exception as e:  # the cell itself will fail with the message on rank 0
+                self.log(f"  pre-extraction of {cell.model}/{cell.dataset} skipped: {e}")
+                continue
+            for name in sorted(ds.splits):
+                with self.progress(f"features {cell.model} / {cell.dataset}:{name}", len(ds.splits[name])) as adv:
+                    self.store.embeddings(bb, ds.split(name), device=self.opts.device, progress=adv)
 
     def run_cell(self, cell: Cell, tinfo: TaskInfo, params: dict[str, Any], config: dict, chash: str) -> ResultRecord:
         from dermbench import stats
@@ -379,6 +434,63 @@ class Runner:
             pass
 
 
+class Claim:
+    """An exclusive claim file so two shards never run the same cell at once.
+
+    Created with O_EXCL; a claim whose process is gone (same host) or older than DERMBENCH_CLAIM_TTL seconds
+    (default 24 h, other hosts) is stale and taken over, so a crashed shard's cells are picked up on rerun.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.owned = False
+
+    def _stale(self, info: dict) -> bool:
+        import socket
+
+        ttl = float(os.environ.get("DERMBENCH_CLAIM_TTL", 24 * 3600))
+        if info.get("host") == socket.gethostname():
+            try:
+                os.kill(int(info.get("pid", -1)), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, ValueError):
+                return False
+            return False
+        return time.time() - float(info.get("time", 0)) > ttl
+
+    def acquire(self) -> str | None:
+        """None when the claim is ours; otherwise 'host:pid' of the live holder."""
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    info = json.loads(self.path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    info = {}
+                if info and not self._stale(info):
+                    return f"{info.get('host')}:{info.get('pid')}"
+                if not info and time.time() - self.path.stat().st_mtime < 5:  # being written right now
+                    time.sleep(0.2)
+                    continue
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
+            self.owned = True
+            return None
+        return "unknown (claim file keeps changing)"
+
+    def release(self) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False
+
+
 def _try_read(path: Path) -> ResultRecord | None:
     try:
         return read_record(path)
@@ -412,6 +524,17 @@ def run(models: Sequence[str], tasks: Sequence[str], datasets: Sequence[str], op
     if opts.overwrite not in OVERWRITE:
         raise DermbenchError(f"--overwrite must be one of {OVERWRITE}, got {opts.overwrite!r}")
     p = plan(models, tasks, datasets, opts.seeds, opts.commercial_only)
-    runner = Runner(opts, console=console, quiet=quiet)
+    return execute(p, opts, console=console, quiet=quiet)
+
+
+def execute(p: Plan, opts: RunOptions, console: Any = None, quiet: bool = False) -> RunSummary:
+    """Run a plan; under torchrun, all ranks extract features together and rank 0 runs the tasks."""
+    from dermbench import distributed as ddp
+
+    opts.device = ddp.init_from_env(opts.device)
+    r = Runner(opts, console=console if ddp.rank() == 0 else None, quiet=quiet or ddp.rank() != 0)
     os.makedirs(opts.out, exist_ok=True)
-    return runner.run(p)
+    try:
+        return r.run(p)
+    finally:
+        ddp.shutdown()

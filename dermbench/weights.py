@@ -46,6 +46,16 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def hf_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment at call time (HF_HUB_CACHE > HF_HOME/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
+    return os.path.join(home, "hub")
+
+
 def hub_offline() -> bool:
     """True when the user asked the Hugging Face libraries not to touch the network."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -123,9 +133,9 @@ def unavailable_message(info: ModelInfo, hub: HubSource | None, env: str, how_to
         )
         parts.append(f"Hub id {hub.repo!r}: {state}.")
         files = " ".join(hub.files) if hub.kind == "file" else ""
-        get = f"huggingface-cli download {hub.repo} {files}".rstrip()
+        get = f"hf download {hub.repo} {files}".rstrip()
         parts.append(f"Get them on a machine with internet access: `{get}` ({hub.url}"
-                     + (", gated: accept the licence there and `huggingface-cli login` first" if hub.gated else "")
+                     + (", gated: accept the licence there and `hf auth login` first" if hub.gated else "")
                      + "), then copy the cache (~/.cache/huggingface) here or point to the files.")
     if how_to_get:
         parts.append(how_to_get)
@@ -149,7 +159,8 @@ def _from_hub(hub: HubSource) -> ResolvedWeights | None:
         import huggingface_hub as hf
     except ImportError:  # pragma: no cover - huggingface_hub ships with timm
         return None
-    cached = [hf.try_to_load_from_cache(hub.repo, f) for f in hub.files]
+    cache = hf_cache_dir()
+    cached = [hf.try_to_load_from_cache(hub.repo, f, cache_dir=cache) for f in hub.files]
     if all(isinstance(c, str) for c in cached):
         paths = [Path(c) for c in cached]  # type: ignore[arg-type]
         return _hub_resolved(hub, paths, "hub-cache")
@@ -157,10 +168,10 @@ def _from_hub(hub: HubSource) -> ResolvedWeights | None:
         return None
     try:
         if hub.kind == "dir":
-            snap = Path(hf.snapshot_download(hub.repo))
+            snap = Path(hf.snapshot_download(hub.repo, cache_dir=cache))
             paths = [snap / hub.files[0]]
         else:
-            paths = [Path(hf.hf_hub_download(hub.repo, f)) for f in hub.files]
+            paths = [Path(hf.hf_hub_download(hub.repo, f, cache_dir=cache)) for f in hub.files]
     except Exception:  # network, gating, missing file: all mean "not available here"
         return None
     return _hub_resolved(hub, paths, "hub-download")

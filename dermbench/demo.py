@@ -1,0 +1,69 @@
+"""The README's main job: every offline-runnable model x every task on dermsynth, then the leaderboard.
+
+Models are tried in order; one whose weights are not on this machine is dropped with the loader's own
+message (never replaced by fake weights). When the DermINO plugin is installed and no checkpoint exists,
+its ``demo`` pretraining runs first so that ``dermino`` is a real, self-trained backbone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from dermbench import plugins
+from dermbench.api import DermbenchError, WeightsUnavailable
+
+CANDIDATES = ("dermino", "dinov2-s", "dinov2-b", "vit-b", "resnet50", "random-vit")
+
+
+def available_models(candidates: Sequence[str] = CANDIDATES, log=print) -> list[str]:
+    """The candidates whose weights resolve here (random baselines always do)."""
+    reg = plugins.registry()
+    out = []
+    for name in candidates:
+        if name not in reg.models:
+            continue
+        entry = reg.models[name]
+        try:
+            entry.obj(device="cpu")
+        except WeightsUnavailable as e:
+            log(f"demo: leaving out {name}: {str(e).splitlines()[0][:160]}")
+            continue
+        except DermbenchError as e:
+            log(f"demo: leaving out {name}: {e}")
+            continue
+        out.append(name)
+    return out
+
+
+def ensure_dermino_checkpoint(log=print) -> None:
+    """Pretrain the demo DermINO checkpoint on dermsynth if the plugin is installed and none exists yet."""
+    try:
+        from dermino_model import demo as dermino_demo  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    dermino_demo.ensure_demo_checkpoint(log=log)
+
+
+def run_demo(out: Path = Path("demo-out"), models: str = "auto", n: int = 400, tasks: str = "all",
+             publish: Path | None = None, console: Any = None, n_boot: int = 1000) -> int:
+    from dermbench import runner
+    from dermbench import leaderboard as lb
+
+    log = (lambda m: console.print(m, highlight=False)) if console is not None else print
+    if models == "auto":
+        ensure_dermino_checkpoint(log=log)
+        names = available_models(log=log)
+    else:
+        names = runner.split_names(models)
+    if not names:
+        raise DermbenchError("demo: no model can run offline here (not even random-vit): check `dermbench plugins`")
+    log(f"demo: models {', '.join(names)} x tasks {tasks} on dermsynth (n={n})")
+    opts = runner.RunOptions(out=Path(out), dataset_opts={"n": n}, n_boot=n_boot)
+    summary = runner.run(names, runner.split_names(tasks), ["dermsynth"], opts, console=console)
+    res = lb.build_leaderboard(Path(out), formats=("md", "csv", "json", "html") if publish else ("md",),
+                               out=publish, plots=publish is not None)
+    print(res["table"])
+    for f in res.get("files", []):
+        log(f"wrote {f}")
+    return 0 if summary.ok else 1

@@ -1,0 +1,934 @@
+"""Bootstrap scoring, confidence intervals, paired tests and multiple-comparison correction.
+
+Why this module exists: a leaderboard's "A beats B" is only as good as its statistics. Everything here is
+pure numpy/scipy, vectorised over bootstrap replicates, and exact (equal to scikit-learn to 1e-9 on the
+point estimate and on every replicate).
+
+How replicates are computed
+---------------------------
+A bootstrap replicate is a multiset of sample positions. We turn the index matrix ``idx`` (B, n) into a
+multiplicity matrix ``W`` (B, n) (``W[b, i]`` = how often sample i was drawn in replicate b) and express
+every metric as a function of ``W``:
+
+* count/mean metrics (accuracy, balanced accuracy, macro F1, ECE, Brier, Dice, Jaccard, ``mean:<key>``) are
+  ratios of sufficient statistics ``W @ F`` for a per-sample feature matrix ``F`` (one BLAS matmul for all
+  replicates);
+* macro AUROC is rank based: after one sort of the negatives per class, the Mann-Whitney numerator of a
+  replicate is ``sum_pos w_i * (negative weight below s_i + half the tied negative weight)``, a cumulative sum
+  over the sorted negatives gathered at precomputed ``searchsorted`` positions -- O(B n) per class, ties exact.
+
+The point estimate is the same function at ``W = 1`` and jackknife (leave-one-out) values, needed for BCa,
+come in closed form, so no metric is ever computed twice by different code.
+
+Replicate indices depend only on (split hash, seed, n, n_boot, strata) -- never on the model -- so two models
+scored on the same split see identical resamples (paired) even when run months apart.
+
+Defined behaviour for bad or degenerate input (never a silent NaN)
+------------------------------------------------------------------
+* NaN/inf scores or per-sample values: :class:`DermbenchError` naming how many and which ids.
+* Single-class test split: AUROC (and any metric undefined on the full split) is undefined; :func:`point`
+  raises :class:`UndefinedMetric` and :func:`score` reports ``value=None`` with a note (other metrics of the
+  record are kept).
+* A class absent from the test split (AUROC) or from a replicate: macro averages run over the classes that
+  are defined there (AUROC: classes with at least one positive and one negative; F1: classes in
+  y_true or y_pred, as scikit-learn's default labels; balanced accuracy: classes in y_true, as scikit-learn).
+  Replicates whose class set differs from the full split's are counted in ``n_invalid``; replicates where the
+  metric is undefined altogether (binary AUROC with one class drawn) are dropped from the CI and counted too.
+* Mismatched sample ids between two models: :class:`DermbenchError` listing a few ids; the same ids in a
+  different order are aligned to model A's order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from dermbench.api import DermbenchError
+
+__all__ = [
+    "METRICS",
+    "CI_METHODS",
+    "TESTS",
+    "Metric",
+    "UndefinedMetric",
+    "bootstrap_indices",
+    "Resamples",
+    "get_metric",
+    "replicates",
+    "point",
+    "jackknife",
+    "score",
+    "confidence_interval",
+    "paired_test",
+    "paired_from_replicates",
+    "correct",
+]
+
+CI_METHODS = ("percentile", "bca", "paper")
+TESTS = ("bootstrap", "paper-ttest")
+ECE_BINS = 15
+#: bytes of one temporary (rows, n) block: replicates are processed in row blocks that stay in the CPU cache
+_BLOCK_BYTES = 1 << 20
+
+
+class UndefinedMetric(DermbenchError):
+    """The metric is not defined on this data (e.g. AUROC on a single-class test split)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstrap indices
+
+
+def _strata_codes(strata: Any, n: int) -> np.ndarray:
+    arr = np.asarray(strata)
+    if arr.shape != (n,):
+        raise DermbenchError(
+            f"strata has shape {arr.shape}, expected ({n},) (one stratum label per sample); "
+            "pass the test labels (y_true) or None for unstratified resampling"
+        )
+    _, codes = np.unique(arr.astype(str), return_inverse=True)
+    return codes.reshape(-1)
+
+
+def bootstrap_indices(
+    split_hash: str, seed: int, n: int, n_boot: int = 1000, strata: Any = None
+) -> np.ndarray:
+    """(n_boot, n) resample positions derived only from (split_hash, seed, n, n_boot, strata).
+
+    With ``strata`` (e.g. labels, PanDerm's choice) each replicate draws, with replacement, as many samples
+    from each stratum as the stratum holds; columns are grouped by stratum (order is irrelevant to every
+    metric). The generator is ``default_rng(SeedSequence(sha256(inputs)))``, so the matrix is identical on
+    any machine and for any model.
+    """
+    if n <= 0:
+        raise DermbenchError(f"cannot bootstrap an empty split (n={n}); the test split has no samples")
+    if n_boot <= 0:
+        raise DermbenchError(f"n_boot must be positive, got {n_boot}")
+    key: dict[str, Any] = {"v": 1, "split": str(split_hash), "seed": int(seed), "n": int(n), "B": int(n_boot)}
+    codes = None
+    if strata is not None:
+        codes = _strata_codes(strata, n)
+        key["strata"] = hashlib.sha256(codes.astype("<i8").tobytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
+    rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(digest[:16], "little")))
+    if codes is None:
+        return rng.integers(0, n, size=(n_boot, n), dtype=np.int64)
+    parts = []
+    for c in range(int(codes.max()) + 1):
+        members = np.flatnonzero(codes == c)
+        parts.append(members[rng.integers(0, members.size, size=(n_boot, members.size))])
+    return np.concatenate(parts, axis=1)
+
+
+class Resamples:
+    """Bootstrap index matrix (B, n) plus its multiplicity matrix, computed once and shared by every metric
+    and every model scored on the same split. ``counts`` (B, n) is a small unsigned integer matrix
+    (``counts[b, i]`` = how often sample i is drawn in replicate b)."""
+
+    def __init__(self, idx: np.ndarray, n: int | None = None):
+        idx = np.asarray(idx)
+        if idx.ndim != 2:
+            raise DermbenchError(f"bootstrap indices must be a 2-D (n_boot, n) array, got shape {idx.shape}")
+        self.idx = idx
+        self.n = int(n if n is not None else idx.shape[1])
+        self._counts: np.ndarray | None = None
+
+    @property
+    def n_boot(self) -> int:
+        return int(self.idx.shape[0])
+
+    def check(self, n: int) -> None:
+        if n != self.n or (self.idx.size and (self.idx.min() < 0 or self.idx.max() >= n)):
+            raise DermbenchError(
+                f"bootstrap indices were drawn for n={self.n} (max index {self.idx.max()}) but the predictions "
+                f"have n={n} samples; draw them with bootstrap_indices(split_hash, seed, n) for these predictions"
+            )
+
+    @property
+    def counts(self) -> np.ndarray:
+        if self._counts is None:
+            B, n = self.idx.shape[0], self.n
+            out = np.empty((B, n), dtype=np.uint8)
+            rows = max(1, (1 << 20) // max(n, 1))
+            for start in range(0, B, rows):
+                blk = self.idx[start : start + rows]
+                r = blk.shape[0]
+                c = np.bincount((blk + (np.arange(r, dtype=np.int64) * n)[:, None]).ravel(), minlength=r * n)
+                if c.max(initial=0) > 255 and out.dtype == np.uint8:
+                    out = out.astype(np.int32)
+                out[start : start + r] = c.reshape(r, n)
+            self._counts = out
+        return self._counts
+
+
+def _as_resamples(idx: Any, n: int) -> Resamples:
+    rs = idx if isinstance(idx, Resamples) else Resamples(idx, n)
+    rs.check(n)
+    return rs
+
+
+def _row_blocks(k: int, n: int, bytes_per_row_item: int) -> Any:
+    """Row slices sized so a temporary (rows, n) array stays near the CPU cache (~256 KiB - 4 MiB)."""
+    rows = max(1, min(k, _BLOCK_BYTES // (bytes_per_row_item * max(n, 1))))
+    for start in range(0, k, rows):
+        yield slice(start, min(k, start + rows))
+
+
+# --------------------------------------------------------------------------------------------------
+# Validated predictions
+
+
+class _Prepared:
+    """Predictions validated once, with per-metric precomputations cached (sort orders, features)."""
+
+    def __init__(self, predictions: dict[str, Any]):
+        if not isinstance(predictions, dict):
+            raise DermbenchError(f"predictions must be a dict, got {type(predictions).__name__}")
+        self.raw = predictions
+        if "ids" in predictions:
+            self.ids = [str(i) for i in predictions["ids"]]
+            self.n = len(self.ids)
+        else:
+            lengths = [len(v) for k, v in predictions.items() if hasattr(v, "__len__") and not isinstance(v, str)]
+            if not lengths:
+                raise DermbenchError("predictions have no 'ids' and no per-sample arrays")
+            self.n = lengths[0]
+            self.ids = [str(i) for i in range(self.n)]
+        self.cache: dict[Any, Any] = {}
+
+    def _ids_where(self, mask: np.ndarray, limit: int = 5) -> str:
+        bad = np.flatnonzero(mask)
+        shown = ", ".join(self.ids[i] for i in bad[:limit])
+        return shown + (", ..." if bad.size > limit else "")
+
+    def array(self, key: str, metric: str) -> np.ndarray:
+        if ("arr", key) in self.cache:
+            return self.cache[("arr", key)]
+        if key not in self.raw:
+            raise DermbenchError(
+                f"metric {metric!r} needs predictions[{key!r}], but the predictions only have "
+                f"{sorted(self.raw)}; the task must return it (see dermbench.api.TaskOutput)"
+            )
+        arr = np.asarray(self.raw[key])
+        if arr.shape[:1] != (self.n,):
+            raise DermbenchError(
+                f"predictions[{key!r}] has shape {arr.shape} but there are {self.n} ids; "
+                "every per-sample array must have one entry per id"
+            )
+        if key in ("y_true", "y_pred"):
+            if arr.ndim != 1 or (arr.size and not np.all(np.equal(np.mod(arr.astype(float), 1), 0))):
+                raise DermbenchError(f"predictions[{key!r}] must be a 1-D array of integer class indices")
+            arr = arr.astype(np.int64)
+            if arr.size and arr.min() < 0:
+                raise DermbenchError(
+                    f"predictions[{key!r}] has negative class {arr.min()} for ids {self._ids_where(arr < 0)}"
+                )
+        else:
+            arr = arr.astype(np.float64)
+            finite = np.isfinite(arr).reshape(self.n, -1).all(axis=1)
+            if not finite.all():
+                raise DermbenchError(
+                    f"predictions[{key!r}] has NaN/inf for {int((~finite).sum())} of {self.n} samples "
+                    f"(ids: {self._ids_where(~finite)}); the model or task produced non-finite outputs -- "
+                    "fix them upstream (e.g. check the features and probe training) rather than dropping samples"
+                )
+        self.cache[("arr", key)] = arr
+        return arr
+
+    def scores(self, metric: str) -> np.ndarray:
+        """(n, C) scores; a 1-D array is the positive-class score of a binary problem."""
+        s = self.array("scores", metric)
+        if s.ndim == 1:
+            s = np.stack([1.0 - s, s], axis=1)
+        if s.ndim != 2 or s.shape[1] < 2:
+            raise DermbenchError(f"predictions['scores'] must be (n, C) with C >= 2, got shape {s.shape}")
+        y = self.array("y_true", metric)
+        if y.size and y.max() >= s.shape[1]:
+            raise DermbenchError(
+                f"predictions['y_true'] has class {y.max()} but scores have only {s.shape[1]} columns "
+                f"(ids: {self._ids_where(y >= s.shape[1])}); scores need one column per class"
+            )
+        return s
+
+    def y_pred(self, metric: str) -> np.ndarray:
+        if "y_pred" in self.raw:
+            return self.array("y_pred", metric)
+        return self.scores(metric).argmax(axis=1)
+
+    def n_classes(self, metric: str) -> int:
+        if "scores" in self.raw:
+            return self.scores(metric).shape[1]
+        y, p = self.array("y_true", metric), self.y_pred(metric)
+        return int(max(y.max(initial=0), p.max(initial=0))) + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics: each maps multiplicity weights W (k, n) -> (values (k,), classes used (k,) or None)
+
+Weighted = Callable[[_Prepared, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A scorable metric. ``weighted`` evaluates it for many weight vectors at once; ``jackknife`` gives the
+    n leave-one-out values (for BCa). ``reference`` says which scikit-learn call it equals."""
+
+    name: str
+    needs: tuple[str, ...]
+    weighted: Weighted
+    jackknife: Callable[[_Prepared], tuple[np.ndarray, "np.ndarray | None"]]
+    higher_is_better: bool = True
+    description: str = ""
+    reference: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _linear_metric(
+    name: str,
+    needs: tuple[str, ...],
+    features: Callable[[_Prepared, str], np.ndarray],
+    finalize: Callable[[_Prepared, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]],
+    **kw: Any,
+) -> Metric:
+    """A metric that is a function of sufficient statistics S = W @ F (F: per-sample features, column 0 = 1)."""
+
+    def feats(p: _Prepared) -> np.ndarray:
+        key = ("F", name)
+        if key not in p.cache:
+            p.cache[key] = np.ascontiguousarray(features(p, name), dtype=np.float64)
+        return p.cache[key]
+
+    def weighted(p: _Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        F = feats(p)
+        S = np.empty((W.shape[0], F.shape[1]))
+        for sl in _row_blocks(W.shape[0], p.n, 2):
+            S[sl] = W[sl].astype(np.float64) @ F  # integer counts x features: exact for 0/1 features
+        return finalize(p, S)
+
+    def jack(p: _Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+        F = feats(p)
+        return finalize(p, F.sum(axis=0)[None, :] - F)
+
+    return Metric(name, needs, weighted, jack, **kw)
+
+
+def _onehot(labels: np.ndarray, C: int) -> np.ndarray:
+    out = np.zeros((labels.size, C))
+    out[np.arange(labels.size), labels] = 1.0
+    return out
+
+
+def _f_accuracy(p: _Prepared, m: str) -> np.ndarray:
+    y, yp = p.array("y_true", m), p.y_pred(m)
+    return np.stack([np.ones(p.n), (y == yp).astype(float)], axis=1)
+
+
+def _fin_ratio(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, None]:
+    return S[:, 1] / S[:, 0], None
+
+
+def _f_confusion(p: _Prepared, m: str) -> np.ndarray:
+    y, yp = p.array("y_true", m), p.y_pred(m)
+    C = max(p.n_classes(m), int(yp.max(initial=0)) + 1)
+    T, P = _onehot(y, C), _onehot(yp, C)
+    return np.concatenate([np.ones((p.n, 1)), T, P, T * (y == yp)[:, None]], axis=1)
+
+
+def _split_confusion(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    C = (S.shape[1] - 1) // 3
+    return S[:, 1 : 1 + C], S[:, 1 + C : 1 + 2 * C], S[:, 1 + 2 * C :]
+
+
+def _fin_f1(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    T, P, TP = _split_confusion(S)
+    denom = T + P  # 2TP + FP + FN; zero only when the class is absent from y_true and y_pred
+    ok = denom > 0
+    f1 = np.divide(2 * TP, denom, out=np.zeros_like(denom), where=ok)
+    used = ok.sum(axis=1)
+    return np.divide(f1.sum(axis=1), used, out=np.full(len(S), np.nan), where=used > 0), used
+
+
+def _fin_balanced(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    T, _, TP = _split_confusion(S)
+    ok = T > 0
+    rec = np.divide(TP, T, out=np.zeros_like(T), where=ok)
+    used = ok.sum(axis=1)
+    return np.divide(rec.sum(axis=1), used, out=np.full(len(S), np.nan), where=used > 0), used
+
+
+def _f_ece(p: _Prepared, m: str) -> np.ndarray:
+    s = p.scores(m)
+    conf = s.max(axis=1)
+    correct = (s.argmax(axis=1) == p.array("y_true", m)).astype(float)
+    bins = _ece_bin(conf)
+    F = _onehot(bins, ECE_BINS) * (correct - conf)[:, None]
+    return np.concatenate([np.ones((p.n, 1)), F], axis=1)
+
+
+def _ece_bin(conf: np.ndarray) -> np.ndarray:
+    """Bin k holds confidences in (k/15, (k+1)/15]; a confidence of exactly 0 goes to bin 0."""
+    return np.clip(np.ceil(conf * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
+
+
+def _fin_ece(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, None]:
+    return np.abs(S[:, 1:]).sum(axis=1) / S[:, 0], None
+
+
+def _f_brier(p: _Prepared, m: str) -> np.ndarray:
+    s = p.scores(m)
+    y = p.array("y_true", m)
+    per = ((s - _onehot(y, s.shape[1])) ** 2).sum(axis=1)
+    if s.shape[1] == 2:  # scikit-learn's scale_by_half='auto': binary Brier is (p1 - y)^2
+        per = per / 2.0
+    return np.stack([np.ones(p.n), per], axis=1)
+
+
+def _mean_of(key: str) -> Callable[[_Prepared, str], np.ndarray]:
+    def f(p: _Prepared, m: str) -> np.ndarray:
+        x = p.array(key, m)
+        if x.ndim != 1:
+            raise DermbenchError(f"predictions[{key!r}] must be a 1-D per-sample array for {m!r}, got {x.shape}")
+        return np.stack([np.ones(p.n), x], axis=1)
+
+    return f
+
+
+# ---- macro AUROC (rank based)
+
+
+def _auroc_plan(p: _Prepared, m: str) -> list[dict[str, Any]]:
+    """Per class: positives, negatives sorted by score, and searchsorted positions of positives' scores."""
+    key = ("auroc", m)
+    if key in p.cache:
+        return p.cache[key]
+    s, y = p.scores(m), p.array("y_true", m)
+    C = s.shape[1]
+    classes = [1] if C == 2 else list(range(C))
+    plan = []
+    for c in classes:
+        pos = np.flatnonzero(y == c)
+        neg = np.flatnonzero(y != c)
+        order = np.argsort(s[neg, c], kind="stable")
+        neg_sorted = neg[order]
+        neg_scores = s[neg_sorted, c]
+        pos_scores = s[pos, c]
+        lo = np.searchsorted(neg_scores, pos_scores, "left")
+        hi = np.searchsorted(neg_scores, pos_scores, "right")
+        plan.append(dict(c=c, pos=pos, neg=neg, neg_sorted=neg_sorted, lo=lo, hi=hi, ties=bool((lo != hi).any())))
+    p.cache[key] = plan
+    return plan
+
+
+def _auroc_weighted(p: _Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Macro AUROC for each row of the integer multiplicity matrix W (k, n).
+
+    Per class c and replicate b, with w = W[b]: numerator = sum over positives i of w_i * (negative weight
+    with score < s_i + 1/2 negative weight with score == s_i); AUROC_c = numerator / (W_pos * W_neg). The
+    negative weight below s_i is a cumulative sum over the negatives sorted once by score, read at the
+    positions ``searchsorted`` gave for the positives. Integer arithmetic (twice the numerator) keeps it exact.
+    """
+    plan = _auroc_plan(p, "auroc_macro")
+    k = W.shape[0]
+    total = np.zeros(k)
+    used = np.zeros(k, dtype=np.int64)
+    cum_t = np.int32 if p.n * max(int(W.max(initial=1)), 1) < 2**31 else np.int64
+    for sl in _row_blocks(k, p.n, 4):
+        w = W[sl]
+        r = w.shape[0]
+        for cp in plan:
+            ns = cp["neg_sorted"]
+            if cp["pos"].size == 0 or ns.size == 0:
+                continue
+            CN = np.empty((r, ns.size + 1), dtype=cum_t)
+            CN[:, 0] = 0
+            np.cumsum(np.take(w, ns, axis=1), axis=1, dtype=cum_t, out=CN[:, 1:])
+            Wp = np.take(w, cp["pos"], axis=1)
+            if cp["ties"]:
+                below2 = np.take(CN, cp["lo"], axis=1) + np.take(CN, cp["hi"], axis=1)
+            else:
+                below2 = np.take(CN, cp["lo"], axis=1) * 2
+            num2 = np.multiply(Wp, below2, dtype=np.int64).sum(axis=1)
+            denom = Wp.sum(axis=1, dtype=np.int64) * CN[:, -1].astype(np.int64)
+            ok = denom > 0
+            total[sl] += np.divide(num2 * 0.5, denom, out=np.zeros(r), where=ok)
+            used[sl] += ok
+    return np.divide(total, used, out=np.full(k, np.nan), where=used > 0), used
+
+
+def _auroc_jackknife(p: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+    plan = _auroc_plan(p, "auroc_macro")
+    s = p.scores("auroc_macro")
+    n = p.n
+    total = np.zeros(n)
+    used = np.zeros(n, dtype=np.int64)
+    for cp in plan:
+        pos, neg = cp["pos"], cp["neg"]
+        P, N = pos.size, neg.size
+        if P == 0 or N == 0:
+            continue
+        below_pos = (cp["lo"] + cp["hi"]) * 0.5  # each positive's share of the Mann-Whitney numerator
+        U = below_pos.sum()
+        pos_sorted = np.sort(s[pos, cp["c"]])
+        sn = s[neg, cp["c"]]
+        lo = np.searchsorted(pos_sorted, sn, "left")
+        hi = np.searchsorted(pos_sorted, sn, "right")
+        above_neg = (P - hi) + (hi - lo) * 0.5  # each negative's share
+        num = np.empty(n)
+        den = np.empty(n)
+        num[pos], den[pos] = U - below_pos, float((P - 1) * N)
+        num[neg], den[neg] = U - above_neg, float(P * (N - 1))
+        ok = den > 0
+        total += np.divide(num, den, out=np.zeros(n), where=ok)
+        used += ok
+    return np.divide(total, used, out=np.full(n, np.nan), where=used > 0), used
+
+
+# ---- registry
+
+METRICS: dict[str, Metric] = {}
+
+
+def _add(m: Metric) -> None:
+    METRICS[m.name] = m
+
+
+_add(
+    Metric(
+        "auroc_macro",
+        ("y_true", "scores"),
+        _auroc_weighted,
+        _auroc_jackknife,
+        description="one-vs-rest macro AUROC (C=2: AUROC of class 1), ties count 1/2",
+        reference="sklearn roc_auc_score(y, scores, multi_class='ovr', average='macro'); binary: scores[:, 1]",
+    )
+)
+_add(
+    _linear_metric(
+        "f1_macro", ("y_true", "y_pred"), _f_confusion, _fin_f1,
+        description="macro F1 over classes present in y_true or y_pred",
+        reference="sklearn f1_score(y, y_pred, average='macro')",
+    )
+)
+_add(
+    _linear_metric(
+        "accuracy", ("y_true", "y_pred"), _f_accuracy, _fin_ratio,
+        description="fraction correct", reference="sklearn accuracy_score",
+    )
+)
+_add(
+    _linear_metric(
+        "balanced_accuracy", ("y_true", "y_pred"), _f_confusion, _fin_balanced,
+        description="mean recall over classes present in y_true", reference="sklearn balanced_accuracy_score",
+    )
+)
+_add(
+    _linear_metric(
+        "ece", ("y_true", "scores"), _f_ece, _fin_ece, higher_is_better=False,
+        description=f"expected calibration error, {ECE_BINS} equal-width bins on the max probability "
+        "(bin k: (k/15, (k+1)/15]), sum_k |B_k|/n * |acc(B_k) - conf(B_k)|",
+    )
+)
+_add(
+    _linear_metric(
+        "brier", ("y_true", "scores"), _f_brier, _fin_ratio, higher_is_better=False,
+        description="multiclass Brier score mean_i sum_c (p_ic - [y_i=c])^2; halved for C=2",
+        reference="sklearn brier_score_loss(y, scores, labels=range(C)) (scale_by_half='auto')",
+    )
+)
+for _key in ("dice", "jaccard"):
+    _add(
+        _linear_metric(
+            _key, (_key,), _mean_of(_key), _fin_ratio,
+            description=f"mean of the per-image {_key} scores in predictions[{_key!r}]",
+        )
+    )
+
+#: metrics where lower is better, for names resolved dynamically (mean:<key>)
+_LOWER_IS_BETTER_KEYS = ("loss", "error", "ece", "brier", "hd95", "hausdorff")
+
+
+def get_metric(name: str) -> Metric:
+    """Look up a metric; ``mean:<key>`` is the mean of any per-sample array ``predictions[key]``."""
+    if name in METRICS:
+        return METRICS[name]
+    if name.startswith("mean:") and len(name) > 5:
+        key = name[5:]
+        lower = any(w in key.lower() for w in _LOWER_IS_BETTER_KEYS)
+        m = _linear_metric(
+            name, (key,), _mean_of(key), _fin_ratio, higher_is_better=not lower,
+            description=f"mean of the per-sample values predictions[{key!r}]",
+        )
+        return m
+    raise DermbenchError(
+        f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}, or mean:<key> for any per-sample array"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Point, replicates, jackknife
+
+
+def _as_prepared(predictions: Any) -> _Prepared:
+    return predictions if isinstance(predictions, _Prepared) else _Prepared(predictions)
+
+
+def _point_used(p: _Prepared, m: Metric) -> tuple[float, int | None]:
+    vals, used = m.weighted(p, np.ones((1, p.n), dtype=np.uint8))
+    v = float(vals[0])
+    if not math.isfinite(v):
+        raise UndefinedMetric(_undefined_reason(p, m))
+    return v, (int(used[0]) if used is not None else None)
+
+
+def _undefined_reason(p: _Prepared, m: Metric) -> str:
+    if "y_true" in m.needs and "y_true" in p.raw:
+        classes = np.unique(p.array("y_true", m.name))
+        if classes.size < 2:
+            return (
+                f"{m.name} is undefined: the test split has a single class ({classes.tolist()}); it needs "
+                "both positives and negatives. Use a split with at least two classes."
+            )
+    return f"{m.name} is undefined on these predictions (n={p.n})"
+
+
+def point(predictions: dict[str, Any], metric: str) -> float:
+    """The metric on the full split (equals scikit-learn's); raises UndefinedMetric where undefined."""
+    p = _as_prepared(predictions)
+    return _point_used(p, get_metric(metric))[0]
+
+
+def _replicates_used(p: _Prepared, m: Metric, idx: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    rs = _as_resamples(idx, p.n)
+    return m.weighted(p, rs.counts)
+
+
+def replicates(predictions: dict[str, Any], metric: str, idx: "np.ndarray | Resamples") -> np.ndarray:
+    """(n_boot,) metric value on each resample ``predictions[idx[b]]``; NaN where undefined in a replicate.
+
+    Vectorised over replicates (cache-sized blocks of rows; no Python loop over replicates). Pass a
+    :class:`Resamples` to share the multiplicity matrix across metrics and models.
+    """
+    p = _as_prepared(predictions)
+    return _replicates_used(p, get_metric(metric), idx)[0]
+
+
+def jackknife(predictions: dict[str, Any], metric: str) -> np.ndarray:
+    """(n,) leave-one-out values (closed form), used for the BCa acceleration."""
+    p = _as_prepared(predictions)
+    return get_metric(metric).jackknife(p)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Confidence intervals
+
+
+def _z(q: float) -> float:
+    from scipy.special import ndtri
+
+    return float(ndtri(q))
+
+
+def confidence_interval(
+    reps: np.ndarray,
+    value: float,
+    *,
+    method: str = "percentile",
+    alpha: float = 0.05,
+    jack: np.ndarray | None = None,
+) -> tuple[float, float, str]:
+    """(low, high, note) from finite replicates.
+
+    * ``percentile``: the alpha/2 and 1-alpha/2 quantiles of the replicates (linear interpolation).
+    * ``bca``: bias-corrected and accelerated (Efron 1987); bias z0 from the share of replicates below the
+      estimate (ties count 1/2), acceleration from the jackknife values' skewness. Falls back to percentile
+      (with a note) where z0 is infinite (every replicate on one side).
+    * ``paper``: DermINO's "mu ± v" reproduction option: mu = mean of the replicates, v = z_{1-alpha/2} * SD of
+      the replicates (ddof=1), i.e. mean ± 1.96 SD at alpha=0.05. A normal approximation around the replicate
+      mean; it ignores skew and bias and can leave [0, 1]. Reported for comparison with the paper only.
+    """
+    r = np.asarray(reps, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return math.nan, math.nan, "no valid replicate: CI undefined"
+    lo_q, hi_q = alpha / 2, 1 - alpha / 2
+    if method == "percentile":
+        lo, hi = np.quantile(r, [lo_q, hi_q])
+        return float(lo), float(hi), ""
+    if method == "paper":
+        mu = float(r.mean())
+        v = _z(hi_q) * float(r.std(ddof=1)) if r.size > 1 else 0.0
+        return mu - v, mu + v, f"paper mu ± v (DermINO reproduction): mu={mu:.6g} (replicate mean), v={v:.6g} (1.96·SD)"
+    if method == "bca":
+        below = (np.count_nonzero(r < value) + 0.5 * np.count_nonzero(r == value)) / r.size
+        if below <= 0 or below >= 1:
+            lo, hi = np.quantile(r, [lo_q, hi_q])
+            return float(lo), float(hi), "BCa bias correction infinite (all replicates on one side): percentile used"
+        z0 = _z(below)
+        a = 0.0
+        if jack is not None:
+            j = np.asarray(jack, dtype=float)
+            j = j[np.isfinite(j)]
+            d = j.mean() - j
+            ss = float((d**2).sum())
+            if ss > 0:
+                a = float((d**3).sum()) / (6.0 * ss**1.5)
+        from scipy.special import ndtr
+
+        qs = []
+        for q in (lo_q, hi_q):
+            zq = _z(q)
+            qs.append(float(ndtr(z0 + (z0 + zq) / (1 - a * (z0 + zq)))))
+        lo, hi = np.quantile(r, qs)
+        return float(lo), float(hi), f"BCa z0={z0:.4g} a={a:.4g}"
+    raise DermbenchError(f"unknown CI method {method!r}; choose one of {', '.join(CI_METHODS)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# score
+
+
+def _resolve_strata(p: _Prepared, strata: Any) -> Any:
+    if isinstance(strata, str):
+        return p.array(strata, f"strata={strata!r}")
+    return strata
+
+
+def score(
+    predictions: dict[str, Any],
+    metrics: list[str],
+    *,
+    split_hash: str,
+    seed: int,
+    n_boot: int = 1000,
+    ci: str = "percentile",
+    strata: Any = None,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, Any]]:
+    """Point estimate + bootstrap CI per metric, as JSON-able plain values.
+
+    ``strata``: None, an (n,) array, or the name of a predictions key (e.g. ``"y_true"``) for stratified
+    resampling. A metric undefined on the full split gets ``value=None`` and a note instead of an error, so
+    the other metrics of the record are kept.
+    """
+    if ci not in CI_METHODS:
+        raise DermbenchError(f"unknown CI method {ci!r}; choose one of {', '.join(CI_METHODS)}")
+    p = _as_prepared(predictions)
+    idx = Resamples(bootstrap_indices(split_hash, seed, p.n, n_boot, _resolve_strata(p, strata)))
+    out: dict[str, dict[str, Any]] = {}
+    for name in metrics:
+        m = get_metric(name)
+        out[name] = _score_one(p, m, idx, ci=ci, alpha=alpha)
+    return out
+
+
+def _score_one(p: _Prepared, m: Metric, idx: Resamples, *, ci: str, alpha: float) -> dict[str, Any]:
+    B = idx.n_boot
+    base = {"ci_method": ci, "n_boot": B, "n": p.n}
+    try:
+        value, used0 = _point_used(p, m)
+    except UndefinedMetric as e:
+        return {"value": None, "ci_low": None, "ci_high": None, **base, "n_invalid": B, "note": str(e)}
+    reps, used = _replicates_used(p, m, idx)
+    return _summarise(p, m, value, used0, reps, used, ci=ci, alpha=alpha, base=base)
+
+
+def _summarise(
+    p: _Prepared, m: Metric, value: float, used0: int | None, reps: np.ndarray, used: np.ndarray | None,
+    *, ci: str, alpha: float, base: dict[str, Any],
+) -> dict[str, Any]:
+    undefined = ~np.isfinite(reps)
+    fewer = (used < used0) & ~undefined if (used is not None and used0 is not None) else np.zeros_like(undefined)
+    notes = []
+    if used0 is not None and m.name == "auroc_macro":
+        C = p.scores(m.name).shape[1]
+        expected = 1 if C == 2 else C
+        if used0 < expected:
+            notes.append(f"macro over the {used0} of {expected} classes present in the test split")
+    if fewer.any():
+        notes.append(f"{int(fewer.sum())} replicates lacked a class (macro over classes present)")
+    if undefined.any():
+        notes.append(f"{int(undefined.sum())} replicates undefined (single class drawn), excluded from the CI")
+    jack = m.jackknife(p)[0] if ci == "bca" else None
+    lo, hi, ci_note = confidence_interval(reps, value, method=ci, alpha=alpha, jack=jack)
+    if ci_note:
+        notes.append(ci_note)
+    finite = math.isfinite(lo) and math.isfinite(hi)
+    return {
+        "value": float(value),
+        "ci_low": float(lo) if finite else None,
+        "ci_high": float(hi) if finite else None,
+        **base,
+        "n_invalid": int(undefined.sum() + fewer.sum()),
+        "note": "; ".join(notes),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Paired comparison
+
+
+def _align(pa: _Prepared, pb: _Prepared, raw_b: dict[str, Any]) -> _Prepared:
+    """Return B's predictions in A's id order; refuse mismatched id sets."""
+    for name, q in (("A", pa), ("B", pb)):
+        if len(set(q.ids)) != q.n:
+            seen: set[str] = set()
+            dup = [i for i in q.ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+            raise DermbenchError(f"model {name}'s predictions repeat sample ids ({', '.join(dup[:5])}); ids must be unique")
+    if pa.ids == pb.ids:
+        return pb
+    sa, sb = set(pa.ids), set(pb.ids)
+    if sa != sb:
+        only_a = sorted(sa - sb)[:5]
+        only_b = sorted(sb - sa)[:5]
+        raise DermbenchError(
+            f"the two models were scored on different samples ({len(sa - sb)} ids only in A, e.g. {only_a}; "
+            f"{len(sb - sa)} only in B, e.g. {only_b}); a paired comparison needs both on the same split -- "
+            "re-run them on the same dataset split (same split hash)"
+        )
+    pos = {i: k for k, i in enumerate(pb.ids)}
+    order = np.array([pos[i] for i in pa.ids])
+    new = {}
+    for k, v in raw_b.items():
+        if k == "ids":
+            new[k] = list(pa.ids)
+        elif hasattr(v, "__len__") and not isinstance(v, str) and len(v) == pb.n:
+            new[k] = np.asarray(v)[order]
+        else:
+            new[k] = v
+    return _Prepared(new)
+
+
+def paired_from_replicates(
+    reps_a: np.ndarray,
+    reps_b: np.ndarray,
+    value_a: float,
+    value_b: float,
+    *,
+    test: str = "bootstrap",
+    ci: str = "percentile",
+    alpha: float = 0.05,
+    jack_diff: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Paired test from replicates computed on identical resamples (same index matrix for A and B).
+
+    ``bootstrap`` (default): d* = reps_a - reps_b, d = value_a - value_b. The shift method centres the
+    bootstrap distribution on the null: H0 is rejected when the observed |d| is extreme relative to
+    |d* - d|, with the +1 correction so p is never 0:  p = (1 + #{|d*_b - d| >= |d|}) / (1 + B).
+    ``paper-ttest``: DermINO's two-sided paired t-test on the B replicate pairs (scipy ttest_rel).
+    Anti-conservative: its standard error is SD(d*)/sqrt(B), so p shrinks with B, not with the data.
+    """
+    if test not in TESTS:
+        raise DermbenchError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")
+    ra, rb = np.asarray(reps_a, float), np.asarray(reps_b, float)
+    ok = np.isfinite(ra) & np.isfinite(rb)
+    d_star = ra[ok] - rb[ok]
+    d = float(value_a) - float(value_b)
+    B = int(d_star.size)
+    notes = []
+    if B == 0:
+        raise UndefinedMetric("no replicate where both models' metric is defined: the paired test is undefined")
+    if test == "bootstrap":
+        p = (1 + int(np.count_nonzero(np.abs(d_star - d) >= abs(d)))) / (1 + B)
+        label = "paired bootstrap test (shift method, two-sided, p=(1+#{|d*-d|>=|d|})/(1+B))"
+    else:
+        from scipy.stats import ttest_rel
+
+        if np.all(d_star == d_star[0]):
+            p = 1.0 if d_star[0] == 0 else 0.0
+            notes.append("replicate differences constant: t undefined, p set to 0/1")
+        else:
+            p = float(ttest_rel(ra[ok], rb[ok]).pvalue)
+        label = (
+            "paper-ttest: paired t-test on bootstrap replicates (DermINO reproduction; ANTI-CONSERVATIVE, "
+            "p shrinks with the number of replicates)"
+        )
+    lo, hi, ci_note = confidence_interval(d_star, d, method=ci, alpha=alpha, jack=jack_diff)
+    if ci_note:
+        notes.append(ci_note)
+    if B < ra.size:
+        notes.append(f"{ra.size - B} replicates undefined for a model, excluded")
+    return {
+        "diff": d,
+        "value_a": float(value_a),
+        "value_b": float(value_b),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "ci_method": ci,
+        "p_value": float(p),
+        "test": test,
+        "label": label,
+        "n_boot": int(ra.size),
+        "n_invalid": int(ra.size - B),
+        "note": "; ".join(notes),
+    }
+
+
+def paired_test(
+    pred_a: dict[str, Any],
+    pred_b: dict[str, Any],
+    metric: str,
+    *,
+    split_hash: str,
+    seed: int,
+    n_boot: int = 1000,
+    test: str = "bootstrap",
+    ci: str = "percentile",
+    strata: Any = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Compare A and B (difference a - b) on identical resamples drawn from (split_hash, seed).
+
+    Returns diff, value_a, value_b, the diff's CI, a two-sided p-value, the test label and n/n_boot. Raises
+    DermbenchError if the two prediction sets cover different sample ids, UndefinedMetric if the metric is
+    undefined on the split.
+    """
+    m = get_metric(metric)
+    pa = _as_prepared(pred_a)
+    pb = _align(pa, _as_prepared(pred_b), pred_b if isinstance(pred_b, dict) else pred_b.raw)
+    idx = Resamples(bootstrap_indices(split_hash, seed, pa.n, n_boot, _resolve_strata(pa, strata)))
+    va, _ = _point_used(pa, m)
+    vb, _ = _point_used(pb, m)
+    ra, _ = _replicates_used(pa, m, idx)
+    rb, _ = _replicates_used(pb, m, idx)
+    jd = m.jackknife(pa)[0] - m.jackknife(pb)[0] if ci == "bca" else None
+    out = paired_from_replicates(ra, rb, va, vb, test=test, ci=ci, alpha=alpha, jack_diff=jd)
+    out.update(metric=metric, n=pa.n, higher_is_better=m.higher_is_better)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Multiple comparisons
+
+
+def correct(pvalues: Sequence[float | None], method: str = "holm") -> list[float | None]:
+    """Adjusted p-values in input order. ``holm``: step-down family-wise control; ``bh``: Benjamini-Hochberg
+    false discovery rate; ``none``: unchanged. ``None`` entries (no test) pass through and do not count."""
+    if method not in ("holm", "bh", "none"):
+        raise DermbenchError(f"unknown correction {method!r}; choose holm, bh or none")
+    vals = [None if v is None else float(v) for v in pvalues]
+    keep = [i for i, v in enumerate(vals) if v is not None]
+    for i in keep:
+        if not (0.0 <= vals[i] <= 1.0):  # type: ignore[operator]
+            raise DermbenchError(f"p-value #{i} is {vals[i]}; p-values must lie in [0, 1]")
+    out: list[float | None] = list(vals)
+    if method == "none" or not keep:
+        return out
+    p = np.array([vals[i] for i in keep], dtype=float)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    ps = p[order]
+    if method == "holm":
+        adj = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * ps))
+    else:
+        adj = np.minimum.accumulate((m / np.arange(1, m + 1) * ps)[::-1])[::-1]
+        adj = np.minimum(adj, 1.0)
+    res = np.empty(m)
+    res[order] = adj
+    for j, i in enumerate(keep):
+        out[i] = float(res[j])
+    return out
