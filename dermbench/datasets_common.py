@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from dermbench.api import Dataset, DatasetInfo, DermbenchError, Sample
 from dermbench.splits import official_split, seeded_split
@@ -55,7 +55,9 @@ def as_root(root: str | Path | None, dataset: str, how_to: str = "") -> Path:
     if not path.exists():
         raise DermbenchError(f"{dataset}: data root {path} does not exist. {how_to}".strip())
     if not path.is_dir():
-        raise DermbenchError(f"{dataset}: data root {path} is a file; pass the folder that contains it. {how_to}".strip())
+        raise DermbenchError(
+            f"{dataset}: data root {path} is a file; pass the folder that contains it. {how_to}".strip()
+        )
     return path
 
 
@@ -89,8 +91,9 @@ def find_file(root: Path, names: Sequence[str], max_depth: int = 4, want_dir: bo
     return None if best is None else best[2]
 
 
-def require_file(root: Path, names: Sequence[str], dataset: str, layout: str, max_depth: int = 4,
-                 want_dir: bool = False) -> Path:
+def require_file(
+    root: Path, names: Sequence[str], dataset: str, layout: str, max_depth: int = 4, want_dir: bool = False
+) -> Path:
     """Like ``find_file`` but a miss is a DermbenchError listing what was expected and what is there."""
     hit = find_file(root, names, max_depth, want_dir)
     if hit is None:
@@ -103,8 +106,9 @@ def require_file(root: Path, names: Sequence[str], dataset: str, layout: str, ma
     return hit
 
 
-def index_files(folder: Path, exts: Sequence[str] = IMAGE_EXTS, max_depth: int = 6,
-                exclude_suffixes: Sequence[str] = ()) -> dict[str, Path]:
+def index_files(
+    folder: Path, exts: Sequence[str] = IMAGE_EXTS, max_depth: int = 6, exclude_suffixes: Sequence[str] = ()
+) -> dict[str, Path]:
     """Map file stem -> path for every file with one of ``exts`` under ``folder`` (recursive).
 
     Official archives split images over several part folders (HAM10000 part_1/part_2, PAD-UFES-20
@@ -157,7 +161,9 @@ def require_columns(df: "pd.DataFrame", required: Sequence[str], path: Path | st
         )
 
 
-def bad_value(dataset: str, path: Path | str, column: str, row: int, value: Any, allowed: Iterable[Any]) -> DermbenchError:
+def bad_value(
+    dataset: str, path: Path | str, column: str, row: int, value: Any, allowed: Iterable[Any]
+) -> DermbenchError:
     """Error for a value outside the declared set: names file, row (1-based line), column, value, expected."""
     return DermbenchError(
         f"{dataset}: {path} line {row}, column {column!r}: value {value!r} is not one of {sorted(map(str, allowed))}. "
@@ -165,8 +171,9 @@ def bad_value(dataset: str, path: Path | str, column: str, row: int, value: Any,
     )
 
 
-def map_labels(values: Sequence[Any], mapping: Mapping[str, int], dataset: str, path: Path | str, column: str,
-               first_line: int = 2) -> list[int]:
+def map_labels(
+    values: Sequence[Any], mapping: Mapping[str, int], dataset: str, path: Path | str, column: str, first_line: int = 2
+) -> list[int]:
     """Map raw label strings to class indices; the first value outside ``mapping`` raises ``bad_value``."""
     out = []
     for i, v in enumerate(values):
@@ -318,24 +325,51 @@ def build_dataset(
         present = _drop_undecodable(name, present, check_masks, skipped)
     if not present:
         raise DermbenchError(f"{name}: no usable sample left under {root} (skipped: {skipped})")
-    samples = [Sample(id=r.id, image=r.image, label=r.label, mask=r.mask, caption=r.caption, meta=r.meta)
-               for r in present]  # type: ignore[arg-type]
+    samples = [
+        Sample(id=r.id, image=r.image, label=r.label, mask=r.mask, caption=r.caption, meta=r.meta) for r in present
+    ]  # type: ignore[arg-type]
     ids = [s.id for s in samples]
     if official is not None:
         splits, source = official_split(name, ids, [r.split or "train" for r in present], official)
     else:
         labels = [s.label for s in samples]
         groups = [s.meta.get("group", s.id) for s in samples] if grouped else None
-        splits, source = seeded_split(name, ids, labels, groups, split_seed, split_file=split_file)
+        names = list(label_names if label_names is not None else info.label_names)
+        key = f"{Path(root).resolve()}|{what}|{names}"
+        splits, source = seeded_split(name, ids, labels, groups, split_seed, split_file=split_file, source=key)
     return Dataset(
         info=info,
         samples=samples,
         splits=splits,
         label_names=list(label_names if label_names is not None else info.label_names),
         split_source=source,
+        content_fingerprint=files_fingerprint(samples),
         skipped=skipped,
         root=str(root),
     )
+
+
+def files_fingerprint(samples: Sequence[Sample]) -> str:
+    """A hash of every sample's image (and mask) file size, for ``Dataset.content_fingerprint``.
+
+    Split hashes key the feature cache and the paired bootstrap. Ids and labels alone would let a
+    re-encoded or resized copy of a dataset (same file names, other pixels) reuse stale cached features;
+    sizes catch that for the price of one ``stat`` per file, and stay identical for identical copies on
+    different machines (no paths or times are hashed), so results on the same data remain paired.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in samples:
+        parts = [s.id]
+        for f in (s.image, s.mask):
+            if isinstance(f, (str, Path)):
+                try:
+                    parts.append(str(os.stat(f).st_size))
+                except OSError:
+                    parts.append("-")
+        h.update(("\0".join(parts) + "\n").encode())
+    return "files:" + h.hexdigest()[:16]
 
 
 def _check_mask_sizes(name: str, rows: list[Row], skip_bad: bool, skipped: dict[str, int]) -> list[Row]:
@@ -357,7 +391,9 @@ def _check_mask_sizes(name: str, rows: list[Row], skip_bad: bool, skipped: dict[
             if skip_bad:
                 skipped["bad_mask"] = skipped.get("bad_mask", 0) + 1
                 continue
-            raise DermbenchError(f"{name}: cannot read mask {r.mask} ({e}). Re-download it or pass --skip-bad-images.") from None
+            raise DermbenchError(
+                f"{name}: cannot read mask {r.mask} ({e}). Re-download it or pass --skip-bad-images."
+            ) from None
         if isz != msz:
             if skip_bad:
                 skipped["mask_size_mismatch"] = skipped.get("mask_size_mismatch", 0) + 1
@@ -368,8 +404,11 @@ def _check_mask_sizes(name: str, rows: list[Row], skip_bad: bool, skipped: dict[
             )
         keep.append(r)
     if len(keep) < len(rows):
-        log.warning("%s: %d image/mask pair(s) unreadable or of different sizes; skipped (--skip-bad-images)",
-                    name, len(rows) - len(keep))
+        log.warning(
+            "%s: %d image/mask pair(s) unreadable or of different sizes; skipped (--skip-bad-images)",
+            name,
+            len(rows) - len(keep),
+        )
     return keep
 
 
@@ -386,9 +425,42 @@ def _drop_undecodable(name: str, rows: list[Row], masks: bool, skipped: dict[str
             bad.append(f"{r.image.name} ({err})")
     if bad:
         skipped["bad_image"] = skipped.get("bad_image", 0) + len(bad)
-        log.warning("%s: %d unreadable image(s) skipped (--skip-bad-images): %s", name, len(bad),
-                    "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        log.warning(
+            "%s: %d unreadable image(s) skipped (--skip-bad-images): %s",
+            name,
+            len(bad),
+            "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+        )
     return keep
+
+
+def dataset_options(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    """Decorator for loaders: warn about (and drop) ``--dataset-opt`` keys the loader does not know.
+
+    A typo such as ``tabel=xlsx`` would otherwise be swallowed silently; an error would be too strict
+    because the runner forwards the same options to every dataset of a multi-dataset run.
+    """
+    import functools
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    valid = sorted(known - {"root", "variant", "name", "split_seed", "skip_bad_images"})
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Dataset:
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            log.warning(
+                "%s: ignoring unknown dataset option(s) %s; this dataset accepts %s",
+                fn.__module__.rsplit(".", 1)[-1],
+                unknown,
+                valid or "none",
+            )
+            kwargs = {k: v for k, v in kwargs.items() if k in known}
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def opt_bool(v: Any) -> bool:

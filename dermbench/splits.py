@@ -100,11 +100,14 @@ def seeded_split(
     names: Sequence[str] = ("train", "test"),
     fractions: Sequence[float] = (0.5, 0.5),
     split_file: str | Path | None = None,
+    source: str = "",
 ) -> tuple[dict[str, list[int]], str]:
     """The seeded stratified split of ``ids`` (indices per split name) and its provenance string.
 
-    ``split_file`` names a split file to use instead of the cached one (e.g. one shipped with a paper);
-    it must list exactly the ids present.
+    ``source`` identifies the copy of the data (resolved root, metadata file, class subset): it is part of
+    the split file's name, so two private collections loaded as ``folder`` never share a file, while the
+    same folder loaded again is checked against its file. ``split_file`` names a split file to use instead
+    of the cached one (e.g. one shipped with a paper); it must list exactly the ids present.
     """
     if len(set(ids)) != len(ids):
         from collections import Counter
@@ -123,13 +126,13 @@ def seeded_split(
             f"{dataset}: split {empty} would be empty ({len(ids)} samples in {len(set(map(str, s_groups or s_ids)))} "
             "groups); add more images or use a dataset with an official split"
         )
-    sha = splits_sha(computed)
     config = {
         "dataset": dataset,
         "method": "seeded-stratified-grouped" if groups is not None else "seeded-stratified",
         "names": list(names),
         "fractions": [float(f) for f in fractions],
         "algorithm_version": SPLIT_ALGORITHM_VERSION,
+        "source": source,
     }
     cfg_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     pct = "/".join(str(round(100 * f / sum(fractions))) for f in fractions)
@@ -155,7 +158,9 @@ def seeded_split(
     return splits, source
 
 
-def official_split(dataset: str, ids: Sequence[str], assignment: Sequence[str], description: str) -> tuple[dict[str, list[int]], str]:
+def official_split(
+    dataset: str, ids: Sequence[str], assignment: Sequence[str], description: str
+) -> tuple[dict[str, list[int]], str]:
     """Indices per split name from an official per-sample assignment, with a provenance string and hash."""
     splits: dict[str, list[int]] = {}
     for i, name in enumerate(assignment):
@@ -198,13 +203,17 @@ def read_split_file(path: Path, dataset: str) -> dict[str, list[str]]:
     return stored
 
 
-def _compare(dataset: str, path: Path, stored: dict[str, list[str]], computed: dict[str, list[str]], user_file: bool) -> None:
+def _compare(
+    dataset: str, path: Path, stored: dict[str, list[str]], computed: dict[str, list[str]], user_file: bool
+) -> None:
     """Refuse a split file whose ids or sides disagree with the data, saying exactly how."""
     if user_file:
         have = {i for v in computed.values() for i in v}
         listed = {i for v in stored.values() for i in v}
         if set(stored) != set(computed):
-            raise DermbenchError(f"{dataset}: split file {path} has splits {sorted(stored)}; expected {sorted(computed)}")
+            raise DermbenchError(
+                f"{dataset}: split file {path} has splits {sorted(stored)}; expected {sorted(computed)}"
+            )
         missing, extra = sorted(listed - have), sorted(have - listed)
         if missing or extra:
             raise DermbenchError(

@@ -61,6 +61,7 @@ __all__ = [
     "get_metric",
     "replicates",
     "point",
+    "prepare",
     "jackknife",
     "score",
     "confidence_interval",
@@ -74,6 +75,7 @@ TESTS = ("bootstrap", "paper-ttest")
 ECE_BINS = 15
 #: bytes of one temporary (rows, n) block: replicates are processed in row blocks that stay in the CPU cache
 _BLOCK_BYTES = 1 << 20
+_MATMUL_BLOCK_BYTES = 32 << 20
 
 
 class UndefinedMetric(DermbenchError):
@@ -167,14 +169,14 @@ class Resamples:
 
 
 def _as_resamples(idx: Any, n: int) -> Resamples:
-    rs = idx if isinstance(idx, Resamples) else Resamples(idx, n)
+    rs = idx if isinstance(idx, Resamples) else Resamples(idx)
     rs.check(n)
     return rs
 
 
-def _row_blocks(k: int, n: int, bytes_per_row_item: int) -> Any:
-    """Row slices sized so a temporary (rows, n) array stays near the CPU cache (~256 KiB - 4 MiB)."""
-    rows = max(1, min(k, _BLOCK_BYTES // (bytes_per_row_item * max(n, 1))))
+def _row_blocks(k: int, n: int, item_bytes: int, target: int = _BLOCK_BYTES) -> Any:
+    """Row slices sized so a temporary (rows, n) array of ``item_bytes`` items has about ``target`` bytes."""
+    rows = max(1, min(k, target // (item_bytes * max(n, 1))))
     for start in range(0, k, rows):
         yield slice(start, min(k, start + rows))
 
@@ -293,25 +295,32 @@ def _linear_metric(
     needs: tuple[str, ...],
     features: Callable[[_Prepared, str], np.ndarray],
     finalize: Callable[[_Prepared, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]],
+    *,
+    integer_features: bool = False,
     **kw: Any,
 ) -> Metric:
-    """A metric that is a function of sufficient statistics S = W @ F (F: per-sample features, column 0 = 1)."""
+    """A metric that is a function of sufficient statistics S = W @ F (F: per-sample features, column 0 = 1).
 
-    def feats(p: _Prepared) -> np.ndarray:
-        key = ("F", name)
+    ``integer_features``: F holds only 0/1, so S holds integer counts <= n and float32 is exact for
+    n < 2**24 (half the memory traffic of float64); otherwise the matmul runs in float64.
+    """
+
+    def feats(p: _Prepared, dtype: Any) -> np.ndarray:
+        key = ("F", name, np.dtype(dtype).name)
         if key not in p.cache:
-            p.cache[key] = np.ascontiguousarray(features(p, name), dtype=np.float64)
+            p.cache[key] = np.ascontiguousarray(features(p, name), dtype=dtype)
         return p.cache[key]
 
     def weighted(p: _Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        F = feats(p)
-        S = np.empty((W.shape[0], F.shape[1]))
-        for sl in _row_blocks(W.shape[0], p.n, 2):
-            S[sl] = W[sl].astype(np.float64) @ F  # integer counts x features: exact for 0/1 features
-        return finalize(p, S)
+        dt = np.float32 if integer_features and p.n < 2**24 else np.float64
+        F = feats(p, dt)
+        S = np.empty((W.shape[0], F.shape[1]), dtype=dt)
+        for sl in _row_blocks(W.shape[0], p.n, np.dtype(dt).itemsize, _MATMUL_BLOCK_BYTES):
+            np.matmul(W[sl].astype(dt), F, out=S[sl])
+        return finalize(p, S.astype(np.float64))
 
     def jack(p: _Prepared) -> tuple[np.ndarray, np.ndarray | None]:
-        F = feats(p)
+        F = feats(p, np.float64)
         return finalize(p, F.sum(axis=0)[None, :] - F)
 
     return Metric(name, needs, weighted, jack, **kw)
@@ -509,20 +518,20 @@ _add(
 )
 _add(
     _linear_metric(
-        "f1_macro", ("y_true", "y_pred"), _f_confusion, _fin_f1,
+        "f1_macro", ("y_true", "y_pred"), _f_confusion, _fin_f1, integer_features=True,
         description="macro F1 over classes present in y_true or y_pred",
         reference="sklearn f1_score(y, y_pred, average='macro')",
     )
 )
 _add(
     _linear_metric(
-        "accuracy", ("y_true", "y_pred"), _f_accuracy, _fin_ratio,
+        "accuracy", ("y_true", "y_pred"), _f_accuracy, _fin_ratio, integer_features=True,
         description="fraction correct", reference="sklearn accuracy_score",
     )
 )
 _add(
     _linear_metric(
-        "balanced_accuracy", ("y_true", "y_pred"), _f_confusion, _fin_balanced,
+        "balanced_accuracy", ("y_true", "y_pred"), _f_confusion, _fin_balanced, integer_features=True,
         description="mean recall over classes present in y_true", reference="sklearn balanced_accuracy_score",
     )
 )
@@ -575,6 +584,12 @@ def get_metric(name: str) -> Metric:
 
 def _as_prepared(predictions: Any) -> _Prepared:
     return predictions if isinstance(predictions, _Prepared) else _Prepared(predictions)
+
+
+def prepare(predictions: dict[str, Any]) -> _Prepared:
+    """Validate predictions once; the result is accepted wherever a predictions dict is, and caches sort
+    orders and features across calls (useful when scoring many metrics or replicate sets)."""
+    return _as_prepared(predictions)
 
 
 def _point_used(p: _Prepared, m: Metric) -> tuple[float, int | None]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,12 +63,12 @@ TONE_GAP_WEIGHT = {1: 0.0, 2: 0.0, 3: 0.15, 4: 0.4, 5: 0.8, 6: 1.0}
 
 #: named lesion colours as they look on reference skin (type II); used as transmission ratios
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "tan": (200, 152, 112),
-    "light brown": (182, 124, 84),
-    "brown": (146, 92, 58),
-    "dark brown": (98, 58, 38),
-    "black": (46, 34, 32),
-    "blue-gray": (104, 112, 136),
+    "tan": (204, 150, 104),
+    "light brown": (176, 112, 66),
+    "brown": (136, 80, 44),
+    "dark brown": (86, 48, 28),
+    "black": (40, 30, 30),
+    "blue-gray": (92, 102, 128),
     "white": (238, 226, 220),
     "pink": (228, 150, 148),
     "red": (200, 62, 62),
@@ -83,7 +84,7 @@ def _ratio(name: str) -> np.ndarray:
 
 
 #: field of view of the full image width, for caption sizes
-FOV_MM = 20.0
+FOV_MM = 15.0
 
 
 @dataclass(frozen=True)
@@ -227,11 +228,12 @@ def _rng(cfg: SynthConfig, index: int, stream: int) -> np.random.Generator:
 def _unit(rng: np.random.Generator) -> tuple[float, float]:
     """A random direction from uniform draws and sqrt only (portable, unlike cos/sin of a random angle)."""
     while True:
-        x, y = rng.random(2) * 2.0 - 1.0
+        x, y = rng.random(2).tolist()
+        x, y = 2.0 * x - 1.0, 2.0 * y - 1.0
         r2 = x * x + y * y
         if 0.01 < r2 <= 1.0:
-            r = float(np.sqrt(r2))
-            return float(x / r), float(y / r)
+            r = math.sqrt(r2)  # IEEE-exact, like every other operation here
+            return x / r, y / r
 
 
 def _choice(rng: np.random.Generator, options: tuple[Any, ...] | list[Any], p: Any = None) -> Any:
@@ -272,32 +274,60 @@ def plan(cfg: SynthConfig, index: int) -> Plan:
 
 
 def _plan_skin(rng: np.random.Generator, cfg: SynthConfig, body: str) -> dict[str, Any]:
-    hair = rng.random() < cfg.hair * (1.6 if body in ("scalp", "upper extremity", "lower extremity", "chest") else 1.0)
+    hair = body != "face" and rng.random() < min(1.0, cfg.hair * (2.0 if body == "scalp" else 1.0))
     return {
         "light": (float(rng.normal(0, 0.05)), float(rng.normal(0, 0.05))),
         "vignette": float(rng.uniform(0.02, 0.10)),
         "redness": float(rng.uniform(0.0, 0.08)),
         "texture": float(rng.uniform(0.02, 0.06)),
-        "hair": int(rng.integers(3, 25)) if hair else 0,
+        "hair": int(rng.integers(2, 14)) if hair else 0,
         "hair_dark": bool(rng.random() < 0.85),
     }
 
 
+_K_MAX = 8
+
+
+def _circle(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Points on the unit circle from the rational parametrisation (arithmetic only, portable)."""
+    t = np.linspace(-1.0, 1.0, n)
+    c, s = (1 - t * t) / (1 + t * t), 2 * t / (1 + t * t)
+    return np.concatenate([c, -c]), np.concatenate([s, -s])
+
+
+def _radius_fn(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """R(theta) = 1 + sum_k a_k cos(k theta) + b_k sin(k theta), from (cos, sin) by Chebyshev recurrences."""
+    big_r = 1.0 + a[0] * c + b[0] * s
+    t_prev, t_cur = np.ones_like(c), c  # T_0, T_1
+    u_prev, u_cur = np.ones_like(c), 2.0 * c  # U_0, U_1
+    for k in range(1, len(a)):
+        t_prev, t_cur = t_cur, 2.0 * c * t_cur - t_prev  # T_{k+1}: cos((k+1) theta)
+        big_r = big_r + a[k] * t_cur + b[k] * s * u_cur  # sin((k+1) theta) = sin(theta) U_k
+        u_prev, u_cur = u_cur, 2.0 * c * u_cur - u_prev
+    return big_r
+
+
 def _shape_params(rng: np.random.Generator, r0: tuple[float, float], asym: float, irr: float, aspect: float,
                   edge: tuple[float, float], warp: float) -> dict[str, Any]:
-    """Boundary r(theta) = R0 (1 + sum_k a_k cos k.theta + b_k sin k.theta), warped by low-frequency noise."""
-    k_max = 10
-    sd = np.array([asym] * 3 + [irr] * (k_max - 3), dtype=np.float64)
-    sd[0] *= 0.5  # k=1 mostly shifts the shape; keep it smaller
-    a = rng.standard_normal(k_max) * sd
-    b = rng.standard_normal(k_max) * sd
-    scale = min(1.0, 0.55 / max(1e-9, float(np.abs(a).sum() + np.abs(b).sum())))  # keep r(theta) > 0
-    a, b = a * scale, b * scale
+    """Boundary r(theta) = R0 R(theta), R a low-order Fourier series (asymmetry: k <= 3, border: k > 3),
+    further warped by noise at the lesion's own scale; the lesion always fits inside the image."""
+    sd = np.array([asym * 0.5, asym, asym] + [irr] * (_K_MAX - 3), dtype=np.float64)
+    a = rng.standard_normal(_K_MAX) * sd
+    b = rng.standard_normal(_K_MAX) * sd
+    c, s = _circle()
+    rad = _radius_fn(a, b, c, s)
+    if rad.min() < 0.45:  # keep the outline star-shaped and the lesion body convex-ish
+        f = (1.0 - 0.45) / (1.0 - float(rad.min()))
+        a, b = a * f, b * f
+        rad = _radius_fn(a, b, c, s)
     radius = float(rng.uniform(*r0))
     asp = float(1.0 + rng.uniform(0.0, aspect))
-    bound = radius * (1.0 + float(np.abs(a).sum() + np.abs(b).sum())) * (1.0 + warp) + 0.02
-    room = max(0.0, 0.92 - bound)
-    cx, cy = (rng.random(2) * 2.0 - 1.0) * min(room, 0.25)
+    e = float(rng.uniform(*edge))
+    reach = float(rad.max()) * (1.0 + e) + 1.5 * warp
+    radius = min(radius, 0.9 / reach)
+    extent = radius * reach + 0.02
+    room = max(0.0, 0.92 - extent)
+    cx, cy = (rng.random(2) * 2.0 - 1.0) * min(room, 0.3)
     rot = _unit(rng)
     return {
         "cx": float(cx),
@@ -307,26 +337,28 @@ def _shape_params(rng: np.random.Generator, r0: tuple[float, float], asym: float
         "rot": rot,
         "a": a.tolist(),
         "b": b.tolist(),
-        "edge": float(rng.uniform(*edge)),
+        "edge": e,
         "warp": warp,
-        "asym_score": float(np.hypot(a[:3], b[:3]).sum() + 0.4 * (asp - 1.0)),
-        "irr_score": float(np.hypot(a[3:], b[3:]).sum() + 0.5 * warp),
+        "extent": extent,
+        "asym_score": float(np.abs(rad - rad[::-1]).mean() + np.abs(rad - np.roll(rad, len(rad) // 2)).mean())
+        + 0.25 * (asp - 1.0),
+        "irr_score": float(np.sqrt(a[3:] ** 2 + b[3:] ** 2).sum()) + warp,
     }
 
 
 def _shape_words(shape: dict[str, Any], sharp: float = 0.06) -> tuple[str, str]:
     asym, irr, edge = shape["asym_score"], shape["irr_score"], shape["edge"]
-    if asym > 0.22:
+    if asym > 0.3:
         form = "asymmetric"
     elif shape["aspect"] > 1.25:
         form = "oval"
     else:
         form = "round"
-    if irr > 0.16:
+    if irr > 0.25:
         border = "irregular, notched border"
     elif edge > 0.16:
         border = "ill-defined border fading into the surrounding skin"
-    elif irr > 0.09:
+    elif irr > 0.15:
         border = "slightly irregular border"
     elif edge < sharp:
         border = "sharply demarcated regular border"
@@ -341,8 +373,8 @@ def _size_mm(shape: dict[str, Any]) -> float:
 
 def _plan_nevus(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
     atypical = rng.random() < 0.2
-    shape = _shape_params(rng, (0.2, 0.48), 0.09 if atypical else 0.035, 0.03 if atypical else 0.012, 0.35,
-                          (0.04, 0.12), 0.06 if atypical else 0.02)
+    shape = _shape_params(rng, (0.28, 0.62), 0.09 if atypical else 0.035, 0.02 if atypical else 0.006, 0.35,
+                          (0.04, 0.12), 0.08 if atypical else 0.03)
     base = _choice(rng, ("tan", "light brown", "brown", "dark brown"), (0.2, 0.35, 0.3, 0.15))
     pattern = _choice(rng, ("reticular", "globular", "homogeneous"), (0.45, 0.25, 0.3))
     colours = [base]
@@ -362,11 +394,12 @@ def _plan_nevus(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any
 def _plan_melanoma(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
     featureless = rng.random() < 0.2
     if featureless:
-        shape = _shape_params(rng, (0.22, 0.45), 0.06, 0.03, 0.4, (0.06, 0.15), 0.05)
+        shape = _shape_params(rng, (0.3, 0.6), 0.06, 0.015, 0.4, (0.06, 0.15), 0.06)
     else:
-        shape = _shape_params(rng, (0.32, 0.62), 0.14, 0.05, 0.6, (0.05, 0.22), 0.12)
+        shape = _shape_params(rng, (0.45, 0.8), 0.13, 0.03, 0.6, (0.05, 0.22), 0.14)
     base = _choice(rng, ("light brown", "brown", "tan"), (0.4, 0.4, 0.2))
-    regions: list[tuple[str, float]] = [(_choice(rng, ("dark brown", "black"), (0.6, 0.4)), float(rng.uniform(0.15, 0.35)))]
+    dark = _choice(rng, ("dark brown", "black"), (0.6, 0.4))
+    regions: list[tuple[str, float]] = [(dark, float(rng.uniform(0.15, 0.35)))]
     if not featureless:
         if rng.random() < 0.6:
             regions.append(("blue-gray", float(rng.uniform(0.1, 0.28))))
@@ -397,7 +430,7 @@ def _plan_melanoma(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, 
 
 def _plan_bcc(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
     pigmented = rng.random() < 0.2
-    shape = _shape_params(rng, (0.22, 0.5), 0.08, 0.035, 0.4, (0.08, 0.2), 0.08)
+    shape = _shape_params(rng, (0.3, 0.65), 0.08, 0.02, 0.4, (0.08, 0.2), 0.08)
     base = "brown" if pigmented else _choice(rng, ("pink", "white"), (0.75, 0.25))
     colours = [base] if base != "white" else ["pearly white"]
     if base != "pink":
@@ -421,7 +454,7 @@ def _plan_bcc(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]
 
 
 def _plan_sk(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
-    shape = _shape_params(rng, (0.28, 0.6), 0.06, 0.03, 0.5, (0.015, 0.05), 0.05)
+    shape = _shape_params(rng, (0.38, 0.78), 0.06, 0.015, 0.5, (0.015, 0.05), 0.05)
     base = _choice(rng, ("tan", "light brown", "brown", "dark brown"), (0.25, 0.3, 0.3, 0.15))
     milia = int(rng.integers(0, 14))
     comedo = int(rng.integers(0, 12))
@@ -442,19 +475,20 @@ def _plan_sk(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _plan_vascular(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
     thrombosed = rng.random() < 0.2
-    shape = _shape_params(rng, (0.15, 0.42), 0.05, 0.02, 0.35, (0.02, 0.06), 0.03)
-    lac = ("maroon", "purple") if thrombosed else _choice(rng, (("red", "purple"), ("red", "maroon"), ("red", "pink")))
+    shape = _shape_params(rng, (0.22, 0.55), 0.05, 0.01, 0.35, (0.02, 0.06), 0.03)
+    pairs = (("red", "purple"), ("red", "maroon"), ("maroon", "purple"))
+    lac = ("maroon", "purple") if thrombosed else _choice(rng, pairs)
     colours = ["dark red" if c == "maroon" else c for c in lac]
     if thrombosed:
         colours.append("black")
-    params = {"shape": shape, "lacunae": lac, "thrombosed": thrombosed, "n_lac": int(rng.integers(8, 40)),
-              "septa": float(rng.uniform(0.2, 0.6)), "mottle": float(rng.uniform(0.05, 0.12))}
+    params = {"shape": shape, "lacunae": lac, "thrombosed": thrombosed, "n_lac": int(rng.integers(25, 60)),
+              "septa": float(rng.uniform(0.45, 0.75)), "mottle": float(rng.uniform(0.05, 0.12))}
     structures = ["lacunae"] + (["thrombosis"] if thrombosed else [])
     return params, {"colours": colours, "structures": structures, "shape": shape}
 
 
 def _plan_df(rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, Any]]:
-    shape = _shape_params(rng, (0.18, 0.42), 0.04, 0.015, 0.35, (0.18, 0.32), 0.03)
+    shape = _shape_params(rng, (0.25, 0.55), 0.04, 0.008, 0.35, (0.18, 0.32), 0.04)
     pink = rng.random() < 0.3
     base = "pink" if pink else _choice(rng, ("tan", "light brown"), (0.5, 0.5))
     params = {"shape": shape, "base": base, "core": float(rng.uniform(0.25, 0.55)),
@@ -483,8 +517,8 @@ def _plan_acne(rng: np.random.Generator, grade: int) -> tuple[dict[str, Any], di
     blobs = []  # (x, y, r, kind)
     for i in range(n_pap + n_nod + n_com):
         kind = "papule" if i < n_pap else ("nodule" if i < n_pap + n_nod else "comedo")
-        r = {"papule": rng.uniform(0.018, 0.03 + 0.008 * grade), "nodule": rng.uniform(0.05, 0.08),
-             "comedo": rng.uniform(0.006, 0.012)}[kind]
+        r = {"papule": rng.uniform(0.025, 0.04 + 0.008 * grade), "nodule": rng.uniform(0.07, 0.11),
+             "comedo": rng.uniform(0.008, 0.016)}[kind]
         x, y = rng.random(2) * 1.7 - 0.85
         pus = kind == "papule" and i < n_pus
         blobs.append((float(x), float(y), float(r), "pustule" if pus else kind))
@@ -532,6 +566,10 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _a(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
 def _caption_lesion(rng: np.random.Generator, name: str, attrs: dict[str, Any], body: str) -> str:
     shape = attrs["shape"]
     form, border = _shape_words(shape)
@@ -554,9 +592,9 @@ def _caption_lesion(rng: np.random.Generator, name: str, attrs: dict[str, Any], 
     dx = _choice(rng, _DX_WORDS[name])
     t = int(rng.integers(4))
     if t == 0:
-        return f"A {size_word} {form} {colour} lesion on the {body} with a {border}{struct}; consistent with {dx}."
+        return f"A {size_word} {form} {colour} lesion on the {body} with {_a(border)}{struct}; consistent with {dx}."
     if t == 1:
-        return (f"Dermoscopy of the {body} shows a {mm:g} mm {form} lesion, {colour}, with a {border}{struct}. "
+        return (f"Dermoscopy of the {body} shows a {mm:g} mm {form} lesion, {colour}, with {_a(border)}{struct}. "
                 f"Impression: {dx}.")
     if t == 2:
         with_s = f", showing {_join(structs)}" if structs else ""
@@ -578,7 +616,8 @@ def _caption_acne(rng: np.random.Generator, grade: int, attrs: dict[str, Any], b
     if grade == 0:
         head = _choice(rng, ("Clear or almost clear skin", "Clear skin, acne grade 0"))
     else:
-        head = _choice(rng, (f"{word.capitalize()} acne-like eruption", f"Acne of {word} severity"))
+        w = word.capitalize()
+        head = _choice(rng, (f"{w} acne-like eruption", f"Acne, {word} grade", f"{w} acne"))
     return f"{head} on the {body} with {_join(parts)}{ery}."
 
 
@@ -587,44 +626,89 @@ def _caption_acne(rng: np.random.Generator, grade: int, attrs: dict[str, Any], b
 
 
 class _Canvas:
-    """Pixel-centre coordinates in [-1, 1]; u varies along x (shape (1, W)), v along y (shape (H, 1))."""
+    """Pixel-centre coordinates in [-1, 1] of an N x N image, or of a box of it (rows i0:i1, cols j0:j1).
 
-    def __init__(self, n: int) -> None:
-        c = ((np.arange(n, dtype=np.float32) + np.float32(0.5)) * np.float32(2.0 / n) - np.float32(1.0))
-        self.n = n
-        self.u = c[None, :]
-        self.v = c[:, None]
+    ``u`` varies along x (shape (1, w)), ``v`` along y (shape (h, 1)); fields evaluated on a box equal
+    the same pixels of the full image, so lesions are painted only where they are.
+    """
+
+    def __init__(self, n: int, box: tuple[int, int, int, int] | None = None) -> None:
+        c = (np.arange(n, dtype=np.float32) + np.float32(0.5)) * np.float32(2.0 / n) - np.float32(1.0)
+        i0, i1, j0, j1 = box or (0, n, 0, n)
+        self.N = n
+        self.i0, self.i1, self.j0, self.j1 = i0, i1, j0, j1
+        self.u = c[None, j0:j1]
+        self.v = c[i0:i1, None]
+        self.shape = (i1 - i0, j1 - j0)
         self.px = 2.0 / n
 
+    def around(self, cx: float, cy: float, ext: float) -> "_Canvas":
+        """The sub-canvas covering the square of half-width ``ext`` around (cx, cy), clipped to the image."""
+        n = self.N
+        j0 = max(0, int((cx - ext + 1.0) / self.px) - 1)
+        j1 = min(n, int((cx + ext + 1.0) / self.px) + 2)
+        i0 = max(0, int((cy - ext + 1.0) / self.px) - 1)
+        i1 = min(n, int((cy + ext + 1.0) / self.px) + 2)
+        return _Canvas(n, (i0, i1, j0, j1))
 
-def _noise(rng: np.random.Generator, cv: _Canvas, cells: float) -> np.ndarray:
-    """Smooth value noise in [0, 1] with ``cells`` grid cells across the image, on a random rotated grid."""
-    m = int(1.5 * cells) + 4
-    g = rng.random(m * m, dtype=np.float32)
-    ca, sa = _unit(rng)
+    @property
+    def sl(self) -> tuple[slice, slice]:
+        return slice(self.i0, self.i1), slice(self.j0, self.j1)
+
+
+def _noise(rng: np.random.Generator, cv: _Canvas, cells: float, rotate: bool = False) -> np.ndarray:
+    """Smooth value noise in [0, 1] with ``cells`` grid cells across the image.
+
+    Axis-aligned noise is separable (two cheap passes); ``rotate=True`` uses a randomly rotated grid
+    (four gathers, slower) where grid-aligned artefacts would show, e.g. thin ridge lines.
+    """
+    if rotate:
+        m = int(1.5 * cells) + 4
+        g = rng.random(m * m, dtype=np.float32)
+        ca, sa = _unit(rng)
+        s = np.float32(cells / 2.0)
+        half = np.float32(m / 2.0)
+        x = (cv.u * np.float32(ca) - cv.v * np.float32(sa)) * s + half
+        y = (cv.u * np.float32(sa) + cv.v * np.float32(ca)) * s + half
+        xf = np.floor(x)
+        yf = np.floor(y)
+        fx = x - xf
+        fy = y - yf
+        ix = xf.astype(np.intp)
+        iy = yf.astype(np.intp)
+        fx = fx * fx * (np.float32(3.0) - np.float32(2.0) * fx)
+        fy = fy * fy * (np.float32(3.0) - np.float32(2.0) * fy)
+        idx = iy * m + ix
+        a = g[idx]
+        top = a + (g[idx + 1] - a) * fx
+        c = g[idx + m]
+        bot = c + (g[idx + m + 1] - c) * fx
+        return top + (bot - top) * fy
+    m = int(cells) + 3
+    g = rng.random((m, m), dtype=np.float32)
+    ox, oy = rng.random(2, dtype=np.float32)
     s = np.float32(cells / 2.0)
-    half = np.float32(m / 2.0)
-    x = (cv.u * np.float32(ca) - cv.v * np.float32(sa)) * s + half
-    y = (cv.u * np.float32(sa) + cv.v * np.float32(ca)) * s + half
-    ix = x.astype(np.int32)
-    iy = y.astype(np.int32)
-    fx = x - ix
-    fy = y - iy
+    x = (cv.u[0] + np.float32(1.0)) * s + ox
+    xf = np.floor(x)
+    fx = x - xf
+    ix = xf.astype(np.intp)
     fx = fx * fx * (np.float32(3.0) - np.float32(2.0) * fx)
-    fy = fy * fy * (np.float32(3.0) - np.float32(2.0) * fy)
-    idx = iy * m + ix
-    a = g[idx]
-    top = a + (g[idx + 1] - a) * fx
-    c = g[idx + m]
-    bot = c + (g[idx + m + 1] - c) * fx
-    return top + (bot - top) * fy
+    a = g[:, ix]
+    rows = a + (g[:, ix + 1] - a) * fx  # (m, W)
+    y = (cv.v[:, 0] + np.float32(1.0)) * s + oy
+    yf = np.floor(y)
+    fy = y - yf
+    iy = yf.astype(np.intp)
+    fy = (fy * fy * (np.float32(3.0) - np.float32(2.0) * fy))[:, None]
+    top = rows[iy]
+    return top + (rows[iy + 1] - top) * fy
 
 
-def _fbm(rng: np.random.Generator, cv: _Canvas, cells: float, octaves: int = 2) -> np.ndarray:
-    out = _noise(rng, cv, cells)
+def _fbm(rng: np.random.Generator, cv: _Canvas, cells: float, octaves: int = 2, rotate: bool = False) -> np.ndarray:
+    out = _noise(rng, cv, cells, rotate)
     amp, tot = 0.5, 1.0
     for o in range(1, octaves):
-        out += np.float32(amp) * _noise(rng, cv, cells * (2**o))
+        out += np.float32(amp) * _noise(rng, cv, cells * (2**o), rotate)
         tot += amp
         amp *= 0.5
     return out * np.float32(1.0 / tot)
@@ -636,29 +720,26 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 
 
 def _shape_ratio(cv: _Canvas, shape: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-    """r / R(theta): < 1 inside the lesion; cos k.theta, sin k.theta by Chebyshev recurrences (no trig)."""
+    """r / (R0 R(theta)): < 1 inside the lesion; (cos, sin) of theta come from the pixel offsets (no trig)."""
     x = cv.u - np.float32(shape["cx"])
     y = cv.v - np.float32(shape["cy"])
     if shape["warp"] > 0:
-        w = np.float32(shape["warp"] * shape["r0"])
-        x = x + (_noise(rng, cv, 5.0) - np.float32(0.5)) * w * 2
-        y = y + (_noise(rng, cv, 5.0) - np.float32(0.5)) * w * 2
+        w = np.float32(2.0 * shape["warp"] * shape["r0"])
+        cells = 2.4 / shape["r0"]
+        x = x + (_noise(rng, cv, cells) - np.float32(0.5)) * w
+        y = y + (_noise(rng, cv, cells) - np.float32(0.5)) * w
     ca, sa = (np.float32(t) for t in shape["rot"])
     xr = x * ca + y * sa
     yr = (y * ca - x * sa) * np.float32(shape["aspect"])
     r = np.sqrt(xr * xr + yr * yr) + np.float32(1e-6)
-    c = xr / r
-    s = yr / r
-    a, b = shape["a"], shape["b"]
-    big_r = np.float32(1.0) + np.float32(a[0]) * c + np.float32(b[0]) * s
-    t_prev, t_cur = np.ones_like(c), c  # T_0, T_1
-    u_prev, u_cur = np.ones_like(c), np.float32(2.0) * c  # U_0, U_1
-    for k in range(1, len(a)):
-        t_prev, t_cur = t_cur, np.float32(2.0) * c * t_cur - t_prev  # T_{k+1}
-        big_r = big_r + np.float32(a[k]) * t_cur + np.float32(b[k]) * s * u_cur  # sin((k+1)t) = s U_k
-        u_prev, u_cur = u_cur, np.float32(2.0) * c * u_cur - u_prev
-    big_r = np.maximum(big_r, np.float32(0.25))
-    return r / (big_r * np.float32(shape["r0"]))
+    a = np.array(shape["a"], dtype=np.float32)
+    b = np.array(shape["b"], dtype=np.float32)
+    big_r = _radius_fn(a, b, xr / r, yr / r)
+    return r / (np.maximum(big_r, np.float32(0.25)) * np.float32(shape["r0"]))
+
+
+def _lesion_canvas(cv: _Canvas, shape: dict[str, Any]) -> _Canvas:
+    return cv.around(shape["cx"], shape["cy"], shape["extent"] + 2 * cv.px)
 
 
 def _alpha(f: np.ndarray, edge: float) -> np.ndarray:
@@ -667,44 +748,45 @@ def _alpha(f: np.ndarray, edge: float) -> np.ndarray:
     return _smoothstep((np.float32(1.0) + e - f) / (np.float32(2.0) * e))
 
 
-def _blobs(cv: _Canvas, blobs: list[tuple[float, float, float]], soft: float = 0.0, out: np.ndarray | None = None
-           ) -> np.ndarray:
+def _blobs(cv: _Canvas, blobs: list[tuple[float, float, float]], soft: float = 0.0) -> np.ndarray:
     """Max-composite of discs (x, y, r) in normalised units; ``soft`` > 0 gives dome profiles."""
-    n = cv.n
-    if out is None:
-        out = np.zeros((n, n), dtype=np.float32)
+    h, w = cv.shape
+    out = np.zeros((h, w), dtype=np.float32)
     aa = np.float32(cv.px)
     for x, y, r in blobs:
         ext = r + 2 * cv.px
-        j0 = max(0, int((x - ext + 1.0) / cv.px))
-        j1 = min(n, int((x + ext + 1.0) / cv.px) + 2)
-        i0 = max(0, int((y - ext + 1.0) / cv.px))
-        i1 = min(n, int((y + ext + 1.0) / cv.px) + 2)
+        j0 = max(0, int((x - ext + 1.0) / cv.px) - cv.j0)
+        j1 = min(w, int((x + ext + 1.0) / cv.px) + 2 - cv.j0)
+        i0 = max(0, int((y - ext + 1.0) / cv.px) - cv.i0)
+        i1 = min(h, int((y + ext + 1.0) / cv.px) + 2 - cv.i0)
         if j0 >= j1 or i0 >= i1:
             continue
         dx = cv.u[:, j0:j1] - np.float32(x)
         dy = cv.v[i0:i1, :] - np.float32(y)
         d = np.sqrt(dx * dx + dy * dy)
         if soft > 0:
-            w = np.clip((np.float32(r) - d) / np.float32(soft * r + cv.px), 0.0, 1.0)
+            wgt = np.clip((np.float32(r) - d) / np.float32(soft * r + cv.px), 0.0, 1.0)
         else:
-            w = np.clip((np.float32(r) - d) / aa + np.float32(0.5), 0.0, 1.0)
-        np.maximum(out[i0:i1, j0:j1], w, out=out[i0:i1, j0:j1])
+            wgt = np.clip((np.float32(r) - d) / aa + np.float32(0.5), 0.0, 1.0)
+        np.maximum(out[i0:i1, j0:j1], wgt, out=out[i0:i1, j0:j1])
     return out
 
 
-def _lines(n: int, polylines: list[tuple[list[tuple[float, float]], float]]) -> np.ndarray:
-    """Rasterise polylines (normalised points, width in normalised units) with Pillow; returns (n, n) in [0, 1]."""
-    im = Image.new("L", (n, n), 0)
+def _lines(cv: _Canvas, polylines: list[tuple[list[tuple[float, float]], float]]) -> np.ndarray:
+    """Rasterise polylines (normalised points, width in normalised units) with Pillow; returns (h, w) in [0, 1]."""
+    h, w = cv.shape
+    ss = 2  # draw at twice the resolution and box-reduce: anti-aliased lines
+    im = Image.new("L", (w * ss, h * ss), 0)
     dr = ImageDraw.Draw(im)
+    n = cv.N * ss
     for pts, width in polylines:
-        pix = [((x + 1.0) * n / 2.0, (y + 1.0) * n / 2.0) for x, y in pts]
+        pix = [((x + 1.0) * n / 2.0 - cv.j0 * ss, (y + 1.0) * n / 2.0 - cv.i0 * ss) for x, y in pts]
         wpx = width * n / 2.0
         if wpx < 1.0:  # sub-pixel lines: draw 1 px at reduced intensity
             dr.line(pix, fill=max(1, int(round(255 * wpx))), width=1)
         else:
             dr.line(pix, fill=255, width=int(round(wpx)), joint="curve")
-    return np.asarray(im, dtype=np.float32) * np.float32(1.0 / 255.0)
+    return np.asarray(im.reduce(ss), dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
 def _region(field_: np.ndarray, inside: np.ndarray, frac: float, soft: float = 0.04) -> np.ndarray:
@@ -722,11 +804,12 @@ def _layer(t: np.ndarray, w: np.ndarray, colour: np.ndarray) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Painters: each returns (transmission map (H, W, 3), opacity (H, W))
+# Painters: each returns the lesion's transmission map (h, w, 3) on its sub-canvas; the shape's opacity
+# (from ``f``, the radius ratio) is applied by the caller, so painters only decide colour and structure.
 
 
-def _base_t(cv: _Canvas, colour: str, f: np.ndarray) -> np.ndarray:
-    t = np.empty((cv.n, cv.n, 3), dtype=np.float32)
+def _base_t(cv: _Canvas, colour: str) -> np.ndarray:
+    t = np.empty(cv.shape + (3,), dtype=np.float32)
     t[:] = _ratio(colour)
     return t
 
@@ -736,9 +819,9 @@ def _mottle(t: np.ndarray, rng: np.random.Generator, cv: _Canvas, amp: float, ce
     t *= m[..., None]
 
 
-def _ridges(rng: np.random.Generator, cv: _Canvas, cells: float) -> np.ndarray:
+def _ridges(rng: np.random.Generator, cv: _Canvas, cells: float, rotate: bool = True) -> np.ndarray:
     """Thin ridge lines (a net) where the noise crosses 0.5: 1 on the ridge, 0 away from it."""
-    n = _noise(rng, cv, cells)
+    n = _noise(rng, cv, cells, rotate=rotate)
     d = np.abs(n - np.float32(0.5))
     return np.clip(np.float32(1.0) - d * np.float32(9.0), 0.0, 1.0)
 
@@ -750,7 +833,7 @@ def _scatter(rng: np.random.Generator, shape: dict[str, Any], count: int, rmin: 
     ca, sa = shape["rot"]
     for _ in range(count):
         dx, dy = _unit(rng)
-        q = rad[0] + (rad[1] - rad[0]) * float(np.sqrt(rng.random()))
+        q = rad[0] + (rad[1] - rad[0]) * math.sqrt(rng.random())
         lx = dx * q * shape["r0"]
         ly = dy * q * shape["r0"] / shape["aspect"]
         x = shape["cx"] + lx * ca - ly * sa
@@ -759,37 +842,40 @@ def _scatter(rng: np.random.Generator, shape: dict[str, Any], count: int, rmin: 
     return out
 
 
-def _paint_nevus(cv, p, rng, f, inside):
-    t = _base_t(cv, p["base"], f)
+def _paint_nevus(cv: _Canvas, p: dict[str, Any], rng: np.random.Generator, f: np.ndarray, inside: np.ndarray
+                 ) -> np.ndarray:
+    t = _base_t(cv, p["base"])
     if p["center_dark"] > 0:
         _layer(t, np.clip(np.float32(1.0) - f, 0, 1) * np.float32(p["center_dark"]), _ratio("dark brown"))
     if p["pattern"] == "reticular":
-        net = _ridges(rng, cv, 26.0) * _smoothstep((np.float32(1.05) - f) * 4)
-        _layer(t, net * np.float32(0.45), _ratio("dark brown"))
+        net = np.maximum(_ridges(rng, cv, 40.0), _ridges(rng, cv, 40.0))
+        _layer(t, net * _smoothstep((np.float32(1.05) - f) * 4) * np.float32(0.55), _ratio("dark brown"))
     elif p["pattern"] == "globular":
         glob = _blobs(cv, _scatter(rng, p["shape"], 30, 0.018, 0.035, (0.1, 0.9)), soft=0.6)
         _layer(t, glob * np.float32(0.7), _ratio("dark brown"))
     if p["patch"]:
-        field_ = _noise(rng, cv, 3.0)
+        field_ = _fbm(rng, cv, 3.0, 2, rotate=True)
         _layer(t, _region(field_, inside, p["patch_frac"], 0.08), _ratio(p["patch"]))
     _mottle(t, rng, cv, p["mottle"])
     return t
 
 
-def _paint_melanoma(cv, p, rng, f, inside):
-    t = _base_t(cv, p["base"], f)
+def _paint_melanoma(cv: _Canvas, p: dict[str, Any], rng: np.random.Generator, f: np.ndarray, inside: np.ndarray
+                    ) -> np.ndarray:
+    t = _base_t(cv, p["base"])
     for colour, frac in p["regions"]:
-        field_ = _fbm(rng, cv, 4.0, 2)
-        soft = 0.12 if colour in ("blue-gray", "white") else 0.05
+        field_ = _fbm(rng, cv, 4.0, 3, rotate=True)
+        soft = 0.14 if colour in ("blue-gray", "white") else 0.08
         w = _region(field_, inside, frac, soft)
         if colour == "blue-gray":  # veil: blue-gray with a whitish, ground-glass haze
             _layer(t, w, _ratio("blue-gray"))
-            _layer(t, w * np.float32(0.25), _ratio("white"))
+            _layer(t, w * np.float32(0.12), _ratio("white"))
         else:
             _layer(t, w * np.float32(0.9), _ratio(colour))
     if p["network"]:
-        net = _ridges(rng, cv, 16.0) * np.clip(_noise(rng, cv, 4.0) * 2 - np.float32(0.3), 0, 1)
-        _layer(t, net * np.float32(0.7), _ratio("black"))
+        net = np.maximum(_ridges(rng, cv, 28.0), _ridges(rng, cv, 22.0))
+        net *= np.clip(_noise(rng, cv, 4.0) * 2 - np.float32(0.3), 0, 1)
+        _layer(t, net * np.float32(0.75), _ratio("black"))
     if p["dots"]:  # irregular dots/globules, crowded near the periphery
         dots = _blobs(cv, _scatter(rng, p["shape"], p["n_dots"], 0.008, 0.03, (0.5, 1.05)), soft=0.3)
         _layer(t, dots * np.clip(np.float32(1.2) - f, 0, 1), _ratio("black"))
@@ -804,7 +890,7 @@ def _tree(rng: np.random.Generator, x: float, y: float, dx: float, dy: float, le
     for _ in range(6):
         jx, jy = _unit(rng)
         dx, dy = dx + 0.45 * jx, dy + 0.45 * jy
-        nrm = float(np.sqrt(dx * dx + dy * dy)) or 1.0
+        nrm = math.sqrt(dx * dx + dy * dy) or 1.0
         dx, dy = dx / nrm, dy / nrm
         x, y = x + dx * length / 6, y + dy * length / 6
         pts.append((x, y))
@@ -817,13 +903,14 @@ def _tree(rng: np.random.Generator, x: float, y: float, dx: float, dy: float, le
             _tree(rng, bx, by, dx + jx, dy + jy, length * 0.55, width * 0.6, depth - 1, out)
 
 
-def _paint_bcc(cv, p, rng, f, inside):
-    t = _base_t(cv, p["base"], f)
+def _paint_bcc(cv: _Canvas, p: dict[str, Any], rng: np.random.Generator, f: np.ndarray, inside: np.ndarray
+               ) -> np.ndarray:
+    t = _base_t(cv, p["base"])
     # translucent: pull the colour towards the skin's own (t=1) near the rim
     _layer(t, _smoothstep((f - np.float32(0.4)) * np.float32(1.6)) * np.float32(0.5), np.ones(3, np.float32))
     if p["shiny"]:
-        w = _region(_fbm(rng, cv, 6.0, 2), inside, 0.15, 0.08)
-        _layer(t, w * np.float32(0.8), _ratio("white"))
+        w = _region(_fbm(rng, cv, 6.0, 2, rotate=True), inside, 0.15, 0.25)
+        _layer(t, w * np.float32(0.55), _ratio("white"))
     if p["nests"]:
         nests = _blobs(cv, _scatter(rng, p["shape"], p["n_nests"], 0.03, 0.07, (0.0, 0.75)), soft=0.7)
         _layer(t, nests * np.float32(0.85), _ratio("blue-gray"))
@@ -838,15 +925,17 @@ def _paint_bcc(cv, p, rng, f, inside):
     for x, y, _ in _scatter(rng, sh, p["n_trees"], 0, 0, (0.0, 0.6)):
         dx, dy = _unit(rng)
         _tree(rng, x, y, dx, dy, sh["r0"] * float(rng.uniform(0.5, 0.9)), 0.012, 2, trees)
-    ves = _lines(cv.n, trees) * np.clip((np.float32(1.05) - f) * 6, 0, 1)
+    ves = _lines(cv, trees) * np.clip((np.float32(1.05) - f) * 6, 0, 1)
     _layer(t, ves * np.float32(p["strength"]), _ratio("red"))
     _mottle(t, rng, cv, p["mottle"])
     return t
 
 
-def _paint_sk(cv, p, rng, f, inside):
-    t = _base_t(cv, p["base"], f)
-    ridges = _ridges(rng, cv, p["ridge_cells"]) * np.float32(0.7) + _ridges(rng, cv, p["ridge_cells"] * 1.7) * np.float32(0.3)
+def _paint_sk(cv: _Canvas, p: dict[str, Any], rng: np.random.Generator, f: np.ndarray, inside: np.ndarray
+              ) -> np.ndarray:
+    t = _base_t(cv, p["base"])
+    ridges = _ridges(rng, cv, p["ridge_cells"]) * np.float32(0.7)
+    ridges += _ridges(rng, cv, p["ridge_cells"] * 1.7) * np.float32(0.3)
     # waxy cerebriform surface: light gyri with darker fissures
     t *= (np.float32(1.0) + np.float32(p["ridges"]) * (ridges - np.float32(0.35)))[..., None]
     sh = p["shape"]
@@ -859,29 +948,34 @@ def _paint_sk(cv, p, rng, f, inside):
     return t
 
 
-def _paint_vascular(cv, p, rng, f, inside):
-    # septa: pinkish-white between lacunae
-    t = _base_t(cv, "pink", f)
+def _paint_vascular(cv: _Canvas, p: dict[str, Any], rng: np.random.Generator, f: np.ndarray, inside: np.ndarray
+                    ) -> np.ndarray:
+    # red-purple lacunae packed in a lobulated lesion, separated by pale pinkish septa
+    t = _base_t(cv, "pink")
     _layer(t, np.full(f.shape, np.float32(1.0 - p["septa"])), _ratio("red"))
     sh = p["shape"]
-    lac = _scatter(rng, sh, p["n_lac"], 0.03, 0.085 * max(0.6, sh["r0"] / 0.3), (0.0, 0.95))
-    half = len(lac) // 2
+    big = 0.07 * max(0.6, sh["r0"] / 0.35)
+    lac = _scatter(rng, sh, p["n_lac"], 0.4 * big, big, (0.0, 0.98))
     c1, c2 = p["lacunae"]
-    w1 = _blobs(cv, lac[:half], soft=0.25)
-    w2 = _blobs(cv, lac[half:], soft=0.25)
-    _layer(t, w1, _ratio(c1))
-    _layer(t, w2, _ratio(c2))
+    shade = _noise(rng, cv, 10.0)
+    w1 = _blobs(cv, lac[0::2], soft=0.35)
+    w2 = _blobs(cv, lac[1::2], soft=0.35)
+    _layer(t, w1 * (np.float32(0.7) + np.float32(0.3) * shade), _ratio(c1))
+    _layer(t, w2 * (np.float32(0.7) + np.float32(0.3) * shade), _ratio(c2))
     if p["thrombosed"]:
         thr = _blobs(cv, _scatter(rng, sh, 4, 0.03, 0.07, (0.0, 0.6)), soft=0.4)
         _layer(t, thr * np.float32(0.85), _ratio("black"))
+    # darker, denser towards the centre
+    _layer(t, np.clip(np.float32(0.8) - f, 0, 1) * np.float32(0.3), _ratio("maroon"))
     _mottle(t, rng, cv, p["mottle"])
     return t
 
 
-def _paint_df(cv, p, rng, f, inside):
-    t = _base_t(cv, p["base"], f)
+def _paint_df(cv: _Canvas, p: dict[str, Any], rng: np.random.Generator, f: np.ndarray, inside: np.ndarray
+              ) -> np.ndarray:
+    t = _base_t(cv, p["base"])
     if p["network"]:
-        net = _ridges(rng, cv, 24.0) * _smoothstep((f - np.float32(0.3)) * 3)
+        net = np.maximum(_ridges(rng, cv, 45.0), _ridges(rng, cv, 45.0)) * _smoothstep((f - np.float32(0.3)) * 3)
         _layer(t, net * np.float32(0.5), _ratio("brown"))
     core = _smoothstep((np.float32(p["core"]) - f) / np.float32(0.15) + np.float32(0.5))
     core *= _noise(rng, cv, 6.0) * np.float32(0.6) + np.float32(0.55)
@@ -913,12 +1007,13 @@ def _skin(cv: _Canvas, pl: Plan, rng: np.random.Generator) -> np.ndarray:
     tone = np.array(SKIN_TONES[pl.fitzpatrick], dtype=np.float32) / np.float32(255.0)
     tex = np.float32(1.0) + np.float32(p["texture"]) * (_fbm(rng, cv, 8.0, 3) - np.float32(0.5)) * np.float32(2.0)
     pores = np.clip(_noise(rng, cv, 70.0) * np.float32(6.0) - np.float32(5.0), 0, 1) * np.float32(0.08)
-    tex = tex - pores
+    furrows = _ridges(rng, cv, 12.0, rotate=False)
+    tex = tex - pores - furrows * np.float32(p["texture"] * 0.35)
     lx, ly = p["light"]
     light = (np.float32(1.0) + np.float32(lx) * cv.u + np.float32(ly) * cv.v
              - np.float32(p["vignette"]) * (cv.u * cv.u + cv.v * cv.v) * np.float32(0.5))
     red = np.float32(p["redness"]) * _noise(rng, cv, 3.0)
-    img = np.empty((cv.n, cv.n, 3), dtype=np.float32)
+    img = np.empty(cv.shape + (3,), dtype=np.float32)
     shade = tex * light
     img[..., 0] = shade * tone[0] * (np.float32(1.0) + red * np.float32(0.3))
     img[..., 1] = shade * tone[1] * (np.float32(1.0) - red)
@@ -932,14 +1027,14 @@ def _hair(cv: _Canvas, pl: Plan, rng: np.random.Generator) -> list[tuple[list[tu
         x, y = rng.random(2) * 2.4 - 1.2
         dx, dy = _unit(rng)
         bx, by = _unit(rng)
-        bend = float(rng.uniform(-0.25, 0.25))
-        length = float(rng.uniform(0.5, 1.6))
+        bend = float(rng.uniform(-0.9, 0.9))
+        length = float(rng.uniform(0.6, 1.8))
         pts = []
         for i in range(13):
             s = i / 12.0
             q = bend * s * s
             pts.append((x + dx * length * s + bx * q, y + dy * length * s + by * q))
-        out.append((pts, float(rng.uniform(0.006, 0.014))))
+        out.append((pts, float(rng.uniform(0.008, 0.02))))
     return out
 
 
@@ -960,24 +1055,25 @@ def render_array(pl: Plan, size: int | None = None) -> np.ndarray:
     k = _contrast_k(cfg, pl.fitzpatrick)
     if cfg.kind == "diagnosis":
         shape = pl.params["shape"]
-        f = _shape_ratio(cv, shape, _rng(cfg, pl.index, _STREAM_SHAPE))
-        inside = f <= 1.0
-        t = _PAINTERS[pl.label_name](cv, pl.params, rng, f, inside)
+        lc = _lesion_canvas(cv, shape)
+        f = _shape_ratio(lc, shape, _rng(cfg, pl.index, _STREAM_SHAPE))
+        t = _PAINTERS[pl.label_name](lc, pl.params, rng, f, f <= 1.0)
         np.clip(t, 0.05, 1.6, out=t)
-        _composite(img, t, _alpha(f, shape["edge"]), k)
+        _composite(img[lc.sl], t, _alpha(f, shape["edge"]), k)
     else:
         _paint_acne(img, cv, pl, rng, k)
     if pl.params["hair"]:
-        h = _lines(rs, _hair(cv, pl, rng))
+        h = _lines(cv, _hair(cv, pl, rng))
         hc = np.array((0.28, 0.25, 0.24) if pl.params["hair_dark"] else (1.15, 1.1, 1.05), dtype=np.float32)
         _composite(img, np.broadcast_to(hc, img.shape), h * np.float32(0.9), np.float32(1.0))
     gain = np.array(site.cast, dtype=np.float32) * np.float32(site.exposure)
     img *= gain
-    if site.scope:
+    if site.scope and cfg.kind == "diagnosis":  # dermatoscope field; severity images are clinical photos
         d2 = cv.u * cv.u + cv.v * cv.v
         img *= _smoothstep((np.float32(1.06) - d2) * np.float32(8.0))[..., None]
     nrng = _rng(cfg, pl.index, _STREAM_NOISE + 10 * rs)
-    img *= np.float32(1.0) + np.float32(site.noise * 3.4641) * (nrng.random(img.shape, dtype=np.float32) - np.float32(0.5))
+    grain = nrng.random(img.shape, dtype=np.float32) - np.float32(0.5)  # uniform, SD = site.noise
+    img *= np.float32(1.0) + np.float32(site.noise * 3.4641) * grain
     arr = np.clip(img * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8)
     if rs != size or site.blur > 0:
         im = Image.fromarray(arr, "RGB")
@@ -996,26 +1092,24 @@ def _paint_acne(img: np.ndarray, cv: _Canvas, pl: Plan, rng: np.random.Generator
     groups: dict[str, list[tuple[float, float, float]]] = {}
     for x, y, r, kind in p["blobs"]:
         groups.setdefault(kind, []).append((x, y, r))
-    ones = np.ones(3, dtype=np.float32)
     for kind in ("comedo", "papule", "nodule", "pustule"):
         bl = groups.get(kind, [])
         if not bl:
             continue
-        t = np.empty_like(img)
         if kind == "comedo":
-            w = _blobs(cv, bl, soft=0.4)
-            t[:] = _ratio("dark brown")
-        else:
-            halo = _blobs(cv, [(x, y, r * 1.6) for x, y, r in bl], soft=1.0)  # inflamed rim, fades out
-            w = np.maximum(_blobs(cv, bl, soft=0.35), halo * np.float32(0.6))
-            t[:] = _ratio("maroon" if kind == "nodule" else "red")
-            _layer(t, np.full(w.shape, np.float32(0.45)), ones)  # lighter than pure red
-            # highlight on the dome (light from top-left)
-            hl = _blobs(cv, [(x - r * 0.35, y - r * 0.35, r * 0.3) for x, y, r in bl], soft=1.0)
-            _layer(t, hl * np.float32(0.6), _ratio("white") * np.float32(1.1))
-            if kind == "pustule":
-                head = _blobs(cv, [(x, y, r * 0.45) for x, y, r in bl], soft=0.5)
-                _layer(t, head, _ratio("yellow") * np.float32(1.08))
+            _composite(img, np.broadcast_to(_ratio("dark brown"), img.shape), _blobs(cv, bl, soft=0.4), k)
+            continue
+        halo = _blobs(cv, [(x, y, r * 2.0) for x, y, r in bl], soft=1.0)  # inflamed rim, fades out
+        w = np.maximum(_blobs(cv, bl, soft=0.35), halo * np.float32(0.6))
+        base = _ratio("maroon" if kind == "nodule" else "red")
+        t = np.empty_like(img)
+        t[:] = base + np.float32(0.45) * (np.float32(1.0) - base)  # lighter than pure red
+        # highlight on the dome (light from top-left)
+        hl = _blobs(cv, [(x - r * 0.35, y - r * 0.35, r * 0.3) for x, y, r in bl], soft=1.0)
+        _layer(t, hl * np.float32(0.6), _ratio("white") * np.float32(1.1))
+        if kind == "pustule":
+            head = _blobs(cv, [(x, y, r * 0.45) for x, y, r in bl], soft=0.5)
+            _layer(t, head, _ratio("yellow") * np.float32(1.08))
         _composite(img, t, w, k)
 
 
@@ -1034,7 +1128,11 @@ def lesion_mask(pl: Plan, size: int | None = None) -> np.ndarray:
     size = size or cfg.size
     cv = _Canvas(size)
     if cfg.kind == "diagnosis":
-        return _shape_ratio(cv, pl.params["shape"], _rng(cfg, pl.index, _STREAM_SHAPE)) <= 1.0
+        shape = pl.params["shape"]
+        lc = _lesion_canvas(cv, shape)
+        mask = np.zeros((size, size), dtype=bool)
+        mask[lc.sl] = _shape_ratio(lc, shape, _rng(cfg, pl.index, _STREAM_SHAPE)) <= 1.0
+        return mask
     w = _blobs(cv, [(x, y, r) for x, y, r, _ in pl.params["blobs"]], soft=0.0)
     return w >= 0.5
 

@@ -70,9 +70,11 @@ def hub_offline() -> bool:
 
 @dataclass(frozen=True)
 class HubSource:
-    """Where the hub keeps a model: ``repo`` on huggingface.co and the ``files`` the loader needs.
+    """Where the hub keeps a model: ``repo`` on huggingface.co and its weights ``files``.
 
-    ``kind`` is ``file`` (one weights file: timm/open_clip) or ``dir`` (a transformers snapshot).
+    ``kind='file'``: ``files`` are alternatives in order of preference (safetensors before pickles); the
+    first one found is the weights file. ``kind='dir'``: a transformers snapshot; ``files[0]`` is a file
+    inside it (``config.json``) used to find it, and the directory is the result.
     """
 
     repo: str
@@ -132,7 +134,7 @@ def unavailable_message(info: ModelInfo, hub: HubSource | None, env: str, how_to
             "they are not in the Hugging Face cache and the download failed"
         )
         parts.append(f"Hub id {hub.repo!r}: {state}.")
-        files = " ".join(hub.files) if hub.kind == "file" else ""
+        files = hub.files[0] if hub.kind == "file" else ""
         get = f"hf download {hub.repo} {files}".rstrip()
         parts.append(f"Get them on a machine with internet access: `{get}` ({hub.url}"
                      + (", gated: accept the licence there and `hf auth login` first" if hub.gated else "")
@@ -160,26 +162,25 @@ def _from_hub(hub: HubSource) -> ResolvedWeights | None:
     except ImportError:  # pragma: no cover - huggingface_hub ships with timm
         return None
     cache = hf_cache_dir()
-    cached = [hf.try_to_load_from_cache(hub.repo, f, cache_dir=cache) for f in hub.files]
-    if all(isinstance(c, str) for c in cached):
-        paths = [Path(c) for c in cached]  # type: ignore[arg-type]
-        return _hub_resolved(hub, paths, "hub-cache")
+    for f in hub.files:  # local cache first: no network at all
+        c = hf.try_to_load_from_cache(hub.repo, f, cache_dir=cache)
+        if isinstance(c, str):
+            return _hub_resolved(hub, Path(c), "hub-cache")
     if hub_offline():
         return None
-    try:
-        if hub.kind == "dir":
-            snap = Path(hf.snapshot_download(hub.repo, cache_dir=cache))
-            paths = [snap / hub.files[0]]
-        else:
-            paths = [Path(hf.hf_hub_download(hub.repo, f, cache_dir=cache)) for f in hub.files]
-    except Exception:  # network, gating, missing file: all mean "not available here"
-        return None
-    return _hub_resolved(hub, paths, "hub-download")
+    for f in hub.files:  # one attempt per candidate file, never a retry loop of our own
+        try:
+            if hub.kind == "dir":
+                snap = Path(hf.snapshot_download(hub.repo, cache_dir=cache))
+                return _hub_resolved(hub, snap / f, "hub-download")
+            return _hub_resolved(hub, Path(hf.hf_hub_download(hub.repo, f, cache_dir=cache)), "hub-download")
+        except Exception:  # network, gating, missing file: all mean "not available here"
+            continue
+    return None
 
 
-def _hub_resolved(hub: HubSource, paths: list[Path], origin: str) -> ResolvedWeights:
+def _hub_resolved(hub: HubSource, first: Path, origin: str) -> ResolvedWeights:
     # cache layout: .../models--org--name/snapshots/<revision>/<file>
-    first = paths[0]
     rev = first.parent.name if first.parent.parent.name == "snapshots" else "local"
     path = first.parent if hub.kind == "dir" else first
     return ResolvedWeights(path, origin, f"hub:{hub.repo}@{rev}")

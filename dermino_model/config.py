@@ -84,6 +84,7 @@ class PretrainConfig:
     leakage_against: list[str] = field(default_factory=list)  # extra eval datasets (sources' test splits always)
     leakage_hamming: int = 4
     skip_bad_images: bool = False
+    cache_images: bool = False  # decode every image once and keep it in RAM (small/generated sets)
     probe_dataset: str = "dermsynth"  # "" disables the kNN probe
     probe_every: int = 0  # steps; 0 = only at the end
     probe_max_images: int = 400

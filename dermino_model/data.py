@@ -128,6 +128,13 @@ def drop_unreadable(pset: PretrainSet, skip: bool) -> list[str]:
     return [m for _, m in bad]
 
 
+def cache_images(pset: PretrainSet) -> None:
+    """Decode every image once and keep it in memory (small or generated sets: dermsynth renders on demand)."""
+    for it in pset.items:
+        img = it.load()
+        it.load = (lambda im=img: im)
+
+
 # --------------------------------------------------------------------------------------------------
 # Perceptual hash leakage guard
 

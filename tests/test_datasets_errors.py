@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dermbench_plugins.datasets import ham10000, pad_ufes20, ph2
 from PIL import Image
 
 from dermbench.api import DermbenchError
-from dermbench_plugins.datasets import ham10000, pad_ufes20, ph2
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,9 @@ def test_ham_unknown_dx_names_value_and_line(shared_data, tmp_path):
         lines[5] = lines[5].replace(",bkl,", ",melanoma,")
         return lines
 
-    with pytest.raises(DermbenchError, match=r"HAM10000_metadata.csv line 6, column 'dx': value 'melanoma' is not one of"):
+    with pytest.raises(
+        DermbenchError, match=r"HAM10000_metadata.csv line 6, column 'dx': value 'melanoma' is not one of"
+    ):
         ham10000.load_ham10000(_ham_root(shared_data, tmp_path, edit))
 
 

@@ -19,6 +19,7 @@ from dermbench.datasets_common import (
     Row,
     as_root,
     build_dataset,
+    dataset_options,
     fitzpatrick_group,
     index_files,
     is_blank,
@@ -84,19 +85,32 @@ def _atlas(url: Any) -> str | None:
     return host[4:] if host.startswith("www.") else host
 
 
-def _load(variant: str, root: Any, *, split_seed: int = 0, skip_bad_images: bool = False,
-          split_file: str | None = None, **_: Any) -> Dataset:
+@dataset_options
+def _load(
+    variant: str,
+    root: Any,
+    *,
+    split_seed: int = 0,
+    skip_bad_images: bool = False,
+    split_file: str | None = None,
+    **_: Any,
+) -> Dataset:
     info = INFOS[variant]
     column, classes, _desc = VARIANTS[variant]
     root = as_root(root, variant, HOW_TO)
     csv = require_file(root, ["fitzpatrick17k.csv"], variant, LAYOUT)
-    df = read_csv(csv, variant, ["md5hash", "fitzpatrick_scale", "label", "nine_partition_label",
-                                 "three_partition_label", "url"])
+    df = read_csv(
+        csv, variant, ["md5hash", "fitzpatrick_scale", "label", "nine_partition_label", "three_partition_label", "url"]
+    )
     lines = list(range(2, len(df) + 2))
     if variant == "fitzpatrick17k-2":
         keep = [i for i, v in enumerate(df[column]) if str(v).strip() != "non-neoplastic"]
-        log.info("%s: %d non-neoplastic rows of %s excluded (benign vs malignant task)", variant,
-                 len(df) - len(keep), csv.name)
+        log.info(
+            "%s: %d non-neoplastic rows of %s excluded (benign vs malignant task)",
+            variant,
+            len(df) - len(keep),
+            csv.name,
+        )
         df = df.iloc[keep].reset_index(drop=True)
         lines = [lines[i] for i in keep]
     mapping = {c: i for i, c in enumerate(classes)}

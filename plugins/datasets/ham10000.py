@@ -18,6 +18,7 @@ from dermbench.datasets_common import (
     Row,
     as_root,
     build_dataset,
+    dataset_options,
     find_file,
     index_files,
     log,
@@ -67,16 +68,26 @@ INFOS = {
 }
 
 
-def _load(variant: str, root: Any, *, split_seed: int = 0, skip_bad_images: bool = False,
-          split_file: str | None = None, metadata: str | None = None, **_: Any) -> Dataset:
+@dataset_options
+def _load(
+    variant: str,
+    root: Any,
+    *,
+    split_seed: int = 0,
+    skip_bad_images: bool = False,
+    split_file: str | None = None,
+    metadata: str | None = None,
+    **_: Any,
+) -> Dataset:
     info = INFOS[variant]
     root = as_root(root, variant, HOW_TO)
     if metadata:  # e.g. the Kaggle copy of the metadata kept beside the Dataverse one
         meta_path = Path(metadata).expanduser()
         meta_path = meta_path if meta_path.is_absolute() else root / meta_path
     else:
-        meta_path = require_file(root, ["HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata"],
-                                 variant, LAYOUT)
+        meta_path = require_file(
+            root, ["HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata"], variant, LAYOUT
+        )
     sep = "\t" if meta_path.suffix.lower() == ".tab" else ","
     df = read_csv(meta_path, variant, ["lesion_id", "image_id", "dx", "age", "sex", "localization"], sep=sep)
     labels = map_labels(df["dx"].tolist(), {c: i for i, c in enumerate(CLASSES)}, variant, meta_path, "dx")
@@ -105,8 +116,15 @@ def _load(variant: str, root: Any, *, split_seed: int = 0, skip_bad_images: bool
             "dx_type": str(getattr(rec, "dx_type", "")).strip() or None,
             "fitzpatrick": None,
         }
-        rows.append(Row(id=image_id, image=images.get(image_id), label=labels[i],
-                        mask=masks.get(f"{image_id}_segmentation".lower()), meta=meta))
+        rows.append(
+            Row(
+                id=image_id,
+                image=images.get(image_id),
+                label=labels[i],
+                mask=masks.get(f"{image_id}_segmentation".lower()),
+                meta=meta,
+            )
+        )
     return build_dataset(
         info,
         rows,

@@ -15,6 +15,7 @@ from dermbench.datasets_common import (
     Row,
     as_root,
     build_dataset,
+    dataset_options,
     fitzpatrick_group,
     index_files,
     is_blank,
@@ -51,8 +52,10 @@ INFO = DatasetInfo(
 )
 
 
-def load_pad_ufes20(root: Any, *, split_seed: int = 0, skip_bad_images: bool = False,
-                    split_file: str | None = None, **_: Any) -> Dataset:
+@dataset_options
+def load_pad_ufes20(
+    root: Any, *, split_seed: int = 0, skip_bad_images: bool = False, split_file: str | None = None, **_: Any
+) -> Dataset:
     """PAD-UFES-20, 6 classes; split grouped by patient_id."""
     root = as_root(root, INFO.name, HOW_TO)
     meta_path = require_file(root, ["metadata.csv"], INFO.name, LAYOUT)
@@ -60,8 +63,9 @@ def load_pad_ufes20(root: Any, *, split_seed: int = 0, skip_bad_images: bool = F
     fst_col = "fitspatrick" if "fitspatrick" in df.columns else "fitzpatrick"
     if fst_col not in df.columns:
         read_csv(meta_path, INFO.name, ["fitspatrick"], nrows=0)  # raises naming the column and those found
-    labels = map_labels(df["diagnostic"].tolist(), {c: i for i, c in enumerate(CLASSES)}, INFO.name, meta_path,
-                        "diagnostic")
+    labels = map_labels(
+        df["diagnostic"].tolist(), {c: i for i, c in enumerate(CLASSES)}, INFO.name, meta_path, "diagnostic"
+    )
     images = index_files(root, exts=(".png", ".jpg", ".jpeg"))
     rows = []
     for i, rec in enumerate(df.to_dict("records")):

@@ -17,6 +17,7 @@ from dermbench.datasets_common import (
     Row,
     as_root,
     build_dataset,
+    dataset_options,
     find_file,
     index_files,
     require_file,
@@ -149,8 +150,11 @@ def parse_xlsx(path: Path) -> list[dict[str, Any]]:
                 "histology": None if hist in ("", "nan") else hist,
                 "clinical": clinical,
                 "criteria": {},
-                "colors": [c.lower() for c in ("White", "Red", "Light-Brown", "Dark-Brown", "Blue-Gray", "Black")
-                           if str(row.get(c, "")).strip().upper() == "X"],
+                "colors": [
+                    c.lower()
+                    for c in ("White", "Red", "Light-Brown", "Dark-Brown", "Blue-Gray", "Black")
+                    if str(row.get(c, "")).strip().upper() == "X"
+                ],
                 "line": i + 1,
             }
         )
@@ -161,8 +165,17 @@ def parse_xlsx(path: Path) -> list[dict[str, Any]]:
 # Loader
 
 
-def _load(variant: str, root: Any, *, split_seed: int = 0, skip_bad_images: bool = False,
-          table: str = "auto", split_file: str | None = None, **_: Any) -> Dataset:
+@dataset_options
+def _load(
+    variant: str,
+    root: Any,
+    *,
+    split_seed: int = 0,
+    skip_bad_images: bool = False,
+    table: str = "auto",
+    split_file: str | None = None,
+    **_: Any,
+) -> Dataset:
     info = INFOS[variant]
     root = as_root(root, variant, HOW_TO)
     names = {"auto": ["PH2_dataset.txt", "PH2_dataset.xlsx"], "txt": ["PH2_dataset.txt"], "xlsx": ["PH2_dataset.xlsx"]}

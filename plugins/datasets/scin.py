@@ -24,6 +24,7 @@ from dermbench.datasets_common import (
     Row,
     as_root,
     build_dataset,
+    dataset_options,
     fitzpatrick_group,
     index_files,
     is_blank,
@@ -92,18 +93,45 @@ def _median_fst(values: list[Any]) -> int | None:
     return fs[(len(fs) - 1) // 2] if fs else None
 
 
-def load_scin(root: Any, *, split_seed: int = 0, skip_bad_images: bool = False, split_file: str | None = None,
-              fitzpatrick_source: str = "dermatologist", **_: Any) -> Dataset:
+@dataset_options
+def load_scin(
+    root: Any,
+    *,
+    split_seed: int = 0,
+    skip_bad_images: bool = False,
+    split_file: str | None = None,
+    fitzpatrick_source: str = "dermatologist",
+    **_: Any,
+) -> Dataset:
     """SCIN, 10 conditions; one sample per image, split grouped by case."""
     if fitzpatrick_source not in ("dermatologist", "self"):
         raise DermbenchError(f"scin: fitzpatrick_source={fitzpatrick_source!r}; expected dermatologist or self")
     root = as_root(root, INFO.name, HOW_TO)
     cases_p = require_file(root, ["scin_cases.csv"], INFO.name, LAYOUT)
     labels_p = require_file(root, ["scin_labels.csv"], INFO.name, LAYOUT)
-    cases = read_csv(cases_p, INFO.name, ["case_id", "sex_at_birth", "fitzpatrick_skin_type", "age_group",
-                                           "image_1_path", "image_2_path", "image_3_path"])
-    labels = read_csv(labels_p, INFO.name, ["case_id", "weighted_skin_condition_label",
-                                            "dermatologist_fitzpatrick_skin_type_label_1", "monk_skin_tone_label_us"])
+    cases = read_csv(
+        cases_p,
+        INFO.name,
+        [
+            "case_id",
+            "sex_at_birth",
+            "fitzpatrick_skin_type",
+            "age_group",
+            "image_1_path",
+            "image_2_path",
+            "image_3_path",
+        ],
+    )
+    labels = read_csv(
+        labels_p,
+        INFO.name,
+        [
+            "case_id",
+            "weighted_skin_condition_label",
+            "dermatologist_fitzpatrick_skin_type_label_1",
+            "monk_skin_tone_label_us",
+        ],
+    )
     lab_by_case = {str(r["case_id"]): (i + 2, r) for i, r in enumerate(labels.to_dict("records"))}
     base = cases_p.parent.parent  # image paths are relative to the bucket root ("dataset/images/...")
     by_name = index_files(cases_p.parent, exts=(".png", ".jpg", ".jpeg"))
@@ -138,7 +166,7 @@ def load_scin(root: Any, *, split_seed: int = 0, skip_bad_images: bool = False, 
             "fitzpatrick_self": self_fst,
             "fitzpatrick_dermatologist": derm,
             "monk": None if is_blank(monk) else int(float(monk)),
-            "body_site": ",".join(c[len("body_parts_"):] for c in body_cols if str(rec.get(c)) == "YES") or None,
+            "body_site": ",".join(c[len("body_parts_") :] for c in body_cols if str(rec.get(c)) == "YES") or None,
             "condition": cond,
         }
         for k in (1, 2, 3):
@@ -150,7 +178,7 @@ def load_scin(root: Any, *, split_seed: int = 0, skip_bad_images: bool = False, 
             path = base / rel
             image = path if path.is_file() else by_name.get(stem)
             rows.append(Row(id=stem, image=image, label=CONDITIONS.index(cond), meta=dict(meta, shot=k)))
-    log.info("scin: %d cases kept; excluded %s", len({r.meta['group'] for r in rows}), n_cases)
+    log.info("scin: %d cases kept; excluded %s", len({r.meta["group"] for r in rows}), n_cases)
     return build_dataset(
         INFO,
         rows,

@@ -1,0 +1,115 @@
+"""Entry-point module of the DermINO plugin: backbones ``dermino`` / ``dermino-random`` and ``dermbench pretrain``.
+
+Imports nothing heavy at module level (``dermbench --help`` stays instant).
+"""
+
+from functools import partial
+from pathlib import Path
+from typing import List, Optional
+
+from dermbench import hookimpl
+from dermbench.api import IMAGENET, ModelInfo, Preprocess
+
+CITATION = ("DermINO: hybrid pretraining for a versatile dermatology foundation model, arXiv:2508.12190 (2025); "
+            "DINOv2, Oquab et al., TMLR 2024")
+
+DERMINO = ModelInfo(
+    name="dermino",
+    family="DermINO",
+    source="custom",
+    embed_dim=768,
+    patch_size=14,
+    preprocess=Preprocess(crop=224, resize=224, **IMAGENET),
+    capabilities=frozenset({"cls", "patch_tokens"}),
+    weights=("dermbench pretrain --preset demo", "teacher_checkpoint.pth (DermINO release, ViT-B/14)"),
+    license="unknown",
+    commercial_use=False,
+    trained_on=("dermsynth",),
+    citation=CITATION,
+    description="DermINO teacher ViT from `dermbench pretrain` (DINOv2 + iBOT + KoLeo + masked-BCE prototypes), "
+                "or the released ViT-B/14",
+    embed_note="CLS token of the EMA teacher after the final LayerNorm (what DINOv2 evaluates)",
+)
+
+DERMINO_RANDOM = ModelInfo(
+    name="dermino-random",
+    family="random",
+    source="custom",
+    embed_dim=768,
+    patch_size=14,
+    preprocess=Preprocess(crop=224, resize=224, **IMAGENET),
+    capabilities=frozenset({"cls", "patch_tokens"}),
+    license="Apache-2.0",
+    commercial_use=True,
+    description="the dermino checkpoint's architecture with seeded random weights (paired baseline for pretraining)",
+    embed_note="CLS token after the final LayerNorm of an untrained ViT (seeded: random:<seed>)",
+    random_init=True,
+)
+
+
+def _load(info: ModelInfo, weights=None, device: str = "cpu", **opts):
+    from dermino_model.backbone import load_dermino
+
+    return load_dermino(info, weights=weights, device=device, **opts)
+
+
+def _load_random(info: ModelInfo, weights=None, device: str = "cpu", **opts):
+    from dermino_model.backbone import load_dermino_random
+
+    return load_dermino_random(info, weights=weights, device=device, **opts)
+
+
+@hookimpl
+def register_models(register):
+    from dermino_model.backbone import peek_info
+
+    info = peek_info(DERMINO)
+    register(info, partial(_load, info))
+    rnd = peek_info(DERMINO_RANDOM)
+    from dataclasses import replace
+
+    rnd = replace(rnd, trained_on=(), random_init=True, description=DERMINO_RANDOM.description)
+    register(rnd, partial(_load_random, rnd))
+
+
+@hookimpl
+def register_commands(app):
+    import typer
+
+    @app.command("pretrain")
+    def pretrain(
+        preset: Optional[str] = typer.Option(None, "--preset", help="smoke | demo | paper (default demo, or the "
+                                                                   "config file's preset)"),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options (overrides preset)"),
+        output: Optional[Path] = typer.Option(None, "--output", "-o", help="checkpoint folder (default "
+                                              "$DERMBENCH_HOME/checkpoints/dermino-<preset>)"),
+        set_: List[str] = typer.Option([], "--set", help="option=value overrides, e.g. --set sup_weight=0"),
+        max_steps: int = typer.Option(0, "--max-steps", help="override the schedule length in steps"),
+        resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from the newest checkpoint"),
+        device: str = typer.Option("auto", "--device"),
+        leakage: Optional[str] = typer.Option(None, "--leakage", help="refuse | warn | drop | off"),
+        quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    ) -> None:
+        """DermINO hybrid pretraining (DINOv2 + iBOT + KoLeo + supervised prototypes). Multi-GPU:
+        `torchrun --nproc_per_node N $(which dermbench) pretrain --preset paper --config data.yaml`."""
+        import json
+
+        from dermbench.cli import parse_kv
+        from dermino_model.config import build_config
+        from dermino_model.trainer import run_pretraining
+
+        overrides = parse_kv(set_, "--set")
+        if max_steps:
+            overrides["max_steps"] = max_steps
+        if device != "auto":
+            overrides["device"] = device
+        if leakage:
+            overrides["leakage"] = leakage
+        cfg = build_config(preset if preset or config else "demo", config, overrides)
+        summary = run_pretraining(cfg, output, resume=resume, progress=not quiet)
+        last = summary.get("last", {})
+        short = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
+        print(json.dumps({"checkpoint": summary.get("checkpoint"), "step": summary["step"],
+                          "probe": summary.get("probe"), "last": short}, indent=1))
+        if summary.get("checkpoint"):
+            print(f"use it: dermbench run --model dermino --weights {summary['checkpoint']} --task all --dataset dermsynth")

@@ -1,0 +1,315 @@
+"""dermbench.stats: exactness against scikit-learn (point and every replicate), pairing, CIs, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from dermbench import stats
+from dermbench.api import DermbenchError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def make_preds(n: int, C: int, seed: int, *, ties: bool = False, sep: float = 1.0, y=None) -> dict:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n) if y is None else np.asarray(y)
+    logits = rng.normal(size=(n, C))
+    logits[np.arange(n), y] += sep
+    s = _softmax(logits)
+    if ties:  # coarse scores: many exact ties within and across classes
+        s = np.round(s * 10) / 10
+        s = s / s.sum(axis=1, keepdims=True)
+    return {"ids": [f"img{i:04d}" for i in range(n)], "y_true": y, "scores": s, "y_pred": s.argmax(axis=1)}
+
+
+def sk_auroc_present(y: np.ndarray, s: np.ndarray) -> float:
+    """scikit-learn one-vs-rest AUROC, macro over classes with both positives and negatives."""
+    C = s.shape[1]
+    if C == 2:
+        return skm.roc_auc_score(y, s[:, 1])
+    per = [skm.roc_auc_score(y == c, s[:, c]) for c in range(C) if 0 < (y == c).sum() < len(y)]
+    return float(np.mean(per))
+
+
+# ---------------------------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("C", [2, 5])
+def test_point_and_each_replicate_equal_sklearn(C: int, ties: bool) -> None:
+    pr = make_preds(240, C, seed=C + 10 * ties, ties=ties)
+    y, s, yp = pr["y_true"], pr["scores"], pr["y_pred"]
+    if ties:
+        assert len(np.unique(s)) < 100  # the tie path is really exercised
+    sk_auc = (lambda yy, ss: skm.roc_auc_score(yy, ss[:, 1])) if C == 2 else (
+        lambda yy, ss: skm.roc_auc_score(yy, ss, multi_class="ovr", average="macro")
+    )
+    refs = {
+        "auroc_macro": lambda ii: sk_auc(y[ii], s[ii]),
+        "f1_macro": lambda ii: skm.f1_score(y[ii], yp[ii], average="macro"),
+        "accuracy": lambda ii: skm.accuracy_score(y[ii], yp[ii]),
+        "balanced_accuracy": lambda ii: skm.balanced_accuracy_score(y[ii], yp[ii]),
+        "brier": lambda ii: skm.brier_score_loss(y[ii], s[ii], labels=list(range(C))),
+    }
+    idx = stats.bootstrap_indices("split-x", 3, len(y), n_boot=60)
+    full = np.arange(len(y))
+    for name, ref in refs.items():
+        assert stats.point(pr, name) == pytest.approx(ref(full), abs=1e-9), name
+        reps = stats.replicates(pr, name, idx)
+        want = np.array([ref(ii) for ii in idx])
+        np.testing.assert_allclose(reps, want, rtol=0, atol=1e-9, err_msg=name)
+
+
+def test_binary_one_dimensional_scores_match_two_column() -> None:
+    pr = make_preds(150, 2, seed=4)
+    one_d = dict(pr, scores=pr["scores"][:, 1])
+    assert stats.point(one_d, "auroc_macro") == pytest.approx(skm.roc_auc_score(pr["y_true"], pr["scores"][:, 1]), abs=1e-12)
+    idx = stats.bootstrap_indices("h", 0, 150, 20)
+    np.testing.assert_allclose(stats.replicates(one_d, "auroc_macro", idx), stats.replicates(pr, "auroc_macro", idx))
+
+
+def test_replicate_missing_a_class_uses_present_classes_and_counts_invalid() -> None:
+    # class 3 has two samples in 60: many replicates miss it entirely
+    y = np.array([0, 1, 2] * 19 + [0, 3, 3])
+    pr = make_preds(60, 4, seed=5, y=y)
+    idx = stats.bootstrap_indices("rare", 1, 60, 200)
+    reps = stats.replicates(pr, "auroc_macro", idx)
+    missing = np.array([not (y[ii] == 3).any() for ii in idx])
+    assert 10 < missing.sum() < 190
+    want = np.array([sk_auroc_present(y[ii], pr["scores"][ii]) for ii in idx])
+    np.testing.assert_allclose(reps, want, atol=1e-9)
+    # F1: sklearn's default labels (union of y_true and y_pred in the replicate) -- identical per replicate
+    yp = pr["y_pred"]
+    np.testing.assert_allclose(
+        stats.replicates(pr, "f1_macro", idx), [skm.f1_score(y[ii], yp[ii], average="macro") for ii in idx], atol=1e-9
+    )
+    out = stats.score(pr, ["auroc_macro"], split_hash="rare", seed=1, n_boot=200)["auroc_macro"]
+    assert out["n_invalid"] == int(missing.sum())
+    assert "lacked a class" in out["note"]
+
+
+def test_vectorised_speed_smoke_large_n() -> None:
+    """n=4000, 9 classes, 200 replicates: still exact on a sample of replicates (speed lives in benchmarks/)."""
+    pr = make_preds(4000, 9, seed=6)
+    idx = stats.bootstrap_indices("big", 0, 4000, 200)
+    rs = stats.Resamples(idx)
+    reps = stats.replicates(pr, "auroc_macro", rs)
+    for b in (0, 99, 199):
+        ii = idx[b]
+        ref = skm.roc_auc_score(pr["y_true"][ii], pr["scores"][ii], multi_class="ovr", average="macro")
+        assert reps[b] == pytest.approx(ref, abs=1e-9)
+
+
+def test_ece_matches_a_direct_loop() -> None:
+    pr = make_preds(300, 3, seed=7, sep=2.0)
+    s, y = pr["scores"], pr["y_true"]
+
+    def ece_loop(ii: np.ndarray) -> float:
+        conf, pred = s[ii].max(1), s[ii].argmax(1)
+        total = 0.0
+        for k in range(15):
+            lo, hi = k / 15, (k + 1) / 15
+            inb = (conf > lo) & (conf <= hi)
+            if inb.any():
+                total += inb.mean() * abs((pred[inb] == y[ii][inb]).mean() - conf[inb].mean())
+        return total
+
+    assert stats.point(pr, "ece") == pytest.approx(ece_loop(np.arange(300)), abs=1e-12)
+    idx = stats.bootstrap_indices("e", 0, 300, 30)
+    np.testing.assert_allclose(stats.replicates(pr, "ece", idx), [ece_loop(ii) for ii in idx], atol=1e-12)
+    assert stats.get_metric("ece").higher_is_better is False
+
+
+def test_per_sample_means_dice_jaccard_and_generic_key() -> None:
+    rng = np.random.default_rng(8)
+    pr = {"ids": [str(i) for i in range(50)], "dice": rng.random(50), "jaccard": rng.random(50), "bleu4": rng.random(50)}
+    idx = stats.bootstrap_indices("seg", 2, 50, 40)
+    for name, key in (("dice", "dice"), ("jaccard", "jaccard"), ("mean:bleu4", "bleu4")):
+        assert stats.point(pr, name) == pytest.approx(pr[key].mean(), abs=1e-12)
+        np.testing.assert_allclose(stats.replicates(pr, name, idx), pr[key][idx].mean(axis=1), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- indices
+
+
+def test_indices_depend_only_on_split_and_seed() -> None:
+    a = stats.bootstrap_indices("abc", 0, 100, 50)
+    assert a.shape == (50, 100) and a.min() >= 0 and a.max() < 100
+    np.testing.assert_array_equal(a, stats.bootstrap_indices("abc", 0, 100, 50))
+    assert not np.array_equal(a, stats.bootstrap_indices("abc", 1, 100, 50))
+    assert not np.array_equal(a, stats.bootstrap_indices("abd", 0, 100, 50))
+    # a fixed fingerprint: the derivation must never change silently (results stay paired across versions)
+    assert a[0, :5].tolist() == stats.bootstrap_indices("abc", 0, 100, 50)[0, :5].tolist()
+
+
+def test_stratified_indices_keep_class_counts() -> None:
+    y = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    idx = stats.bootstrap_indices("s", 0, 100, 100, strata=y)
+    for row in idx:
+        assert np.bincount(y[row], minlength=3).tolist() == [70, 20, 10]
+    plain = stats.bootstrap_indices("s", 0, 100, 100)
+    assert np.bincount(y[plain[0]], minlength=3).tolist() != [70, 20, 10] or not np.array_equal(plain, idx)
+    pr = make_preds(100, 3, seed=9, y=y)
+    out = stats.score(pr, ["auroc_macro"], split_hash="s", seed=0, n_boot=100, strata="y_true")["auroc_macro"]
+    reps = stats.replicates(pr, "auroc_macro", idx)
+    assert out["ci_low"] == pytest.approx(np.quantile(reps, 0.025))
+    assert out["n_invalid"] == 0  # stratification guarantees every class in every replicate
+
+
+def test_two_models_scored_separately_are_paired() -> None:
+    a, b = make_preds(200, 3, seed=10), make_preds(200, 3, seed=11)
+    b["y_true"] = a["y_true"]
+    idx = stats.bootstrap_indices("split", 0, 200, 300)
+    ra, rb = stats.replicates(a, "accuracy", idx), stats.replicates(b, "accuracy", idx)
+    res = stats.paired_test(a, b, "accuracy", split_hash="split", seed=0, n_boot=300)
+    d = stats.point(a, "accuracy") - stats.point(b, "accuracy")
+    assert res["diff"] == pytest.approx(d)
+    expected_p = (1 + np.sum(np.abs((ra - rb) - d) >= abs(d))) / 301
+    assert res["p_value"] == pytest.approx(expected_p)
+    assert res["ci_low"] == pytest.approx(np.quantile(ra - rb, 0.025))
+
+
+# ---------------------------------------------------------------------------------------------- score / CIs
+
+
+def test_score_output_is_json_and_percentile_ci() -> None:
+    pr = make_preds(200, 4, seed=12)
+    out = stats.score(pr, ["auroc_macro", "f1_macro", "accuracy"], split_hash="h", seed=5, n_boot=250)
+    json.dumps(out)  # plain floats/ints/strings only
+    idx = stats.bootstrap_indices("h", 5, 200, 250)
+    for name, r in out.items():
+        reps = stats.replicates(pr, name, idx)
+        assert set(r) >= {"value", "ci_low", "ci_high", "ci_method", "n_boot", "n", "n_invalid", "note"}
+        assert r["value"] == pytest.approx(stats.point(pr, name))
+        assert (r["ci_low"], r["ci_high"]) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+        assert r["ci_low"] < r["value"] < r["ci_high"]
+        assert (r["n"], r["n_boot"], r["ci_method"]) == (200, 250, "percentile")
+        assert type(r["value"]) is float and type(r["n_invalid"]) is int
+
+
+def test_paper_ci_is_mean_plus_minus_1_96_sd() -> None:
+    pr = make_preds(200, 3, seed=13)
+    out = stats.score(pr, ["accuracy"], split_hash="h", seed=0, n_boot=300, ci="paper")["accuracy"]
+    reps = stats.replicates(pr, "accuracy", stats.bootstrap_indices("h", 0, 200, 300))
+    mu, sd = reps.mean(), reps.std(ddof=1)
+    assert out["ci_low"] == pytest.approx(mu - 1.959964 * sd, abs=1e-6)
+    assert out["ci_high"] == pytest.approx(mu + 1.959964 * sd, abs=1e-6)
+    assert out["ci_method"] == "paper" and "DermINO" in out["note"]
+
+
+@pytest.mark.parametrize("name", ["auroc_macro", "f1_macro", "balanced_accuracy", "ece", "brier"])
+def test_closed_form_jackknife_equals_leave_one_out(name: str) -> None:
+    pr = make_preds(45, 3, seed=14, ties=True)
+    jk = stats.jackknife(pr, name)
+    keep = np.ones(45, bool)
+    for i in range(45):
+        keep[:] = True
+        keep[i] = False
+        sub = {k: (np.asarray(v)[keep] if k != "ids" else [x for x, kk in zip(v, keep) if kk]) for k, v in pr.items()}
+        assert jk[i] == pytest.approx(stats.point(sub, name), abs=1e-12), (name, i)
+
+
+def test_bca_matches_textbook_formula() -> None:
+    from scipy.stats import norm
+
+    pr = make_preds(120, 3, seed=15)
+    out = stats.score(pr, ["auroc_macro"], split_hash="b", seed=0, n_boot=400, ci="bca")["auroc_macro"]
+    reps = stats.replicates(pr, "auroc_macro", stats.bootstrap_indices("b", 0, 120, 400))
+    theta = stats.point(pr, "auroc_macro")
+    z0 = norm.ppf((np.sum(reps < theta) + 0.5 * np.sum(reps == theta)) / 400)
+    jk = stats.jackknife(pr, "auroc_macro")
+    d = jk.mean() - jk
+    a = (d**3).sum() / (6 * (d**2).sum() ** 1.5)
+    q = [norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z))) for z in norm.ppf([0.025, 0.975])]
+    assert (out["ci_low"], out["ci_high"]) == pytest.approx(tuple(np.quantile(reps, q)), abs=1e-12)
+    assert out["ci_method"] == "bca" and out["ci_low"] < theta < out["ci_high"]
+
+
+# ---------------------------------------------------------------------------------------------- paired tests
+
+
+def test_paired_test_identical_models_and_clear_winner() -> None:
+    a = make_preds(300, 3, seed=16, sep=2.5)
+    same = stats.paired_test(a, a, "auroc_macro", split_hash="p", seed=0, n_boot=200)
+    assert same["diff"] == 0.0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0
+    weak = make_preds(300, 3, seed=17, sep=0.2, y=a["y_true"])
+    res = stats.paired_test(a, weak, "auroc_macro", split_hash="p", seed=0, n_boot=200)
+    assert res["diff"] > 0.2 and res["p_value"] == pytest.approx(1 / 201) and res["ci_low"] > 0
+    assert res["test"] == "bootstrap" and "+1" not in res["label"] or "(1+" in res["label"]
+    tt = stats.paired_test(a, weak, "auroc_macro", split_hash="p", seed=0, n_boot=200, test="paper-ttest")
+    assert "ANTI-CONSERVATIVE" in tt["label"] and tt["p_value"] < 1e-10
+
+
+def test_paired_test_aligns_reordered_ids_and_refuses_mismatched() -> None:
+    a = make_preds(80, 3, seed=18)
+    b = make_preds(80, 3, seed=19, y=a["y_true"])
+    perm = np.random.default_rng(0).permutation(80)
+    b_perm = {k: (np.asarray(v)[perm] if k != "ids" else [v[i] for i in perm]) for k, v in b.items()}
+    r1 = stats.paired_test(a, b, "f1_macro", split_hash="q", seed=0, n_boot=100)
+    r2 = stats.paired_test(a, b_perm, "f1_macro", split_hash="q", seed=0, n_boot=100)
+    assert r1 == r2
+    c = dict(b, ids=[f"other{i}" for i in range(3)] + b["ids"][3:])
+    with pytest.raises(DermbenchError, match=r"different samples .*img0000.*other0"):
+        stats.paired_test(a, c, "f1_macro", split_hash="q", seed=0, n_boot=100)
+
+
+def test_correct_holm_bh_none() -> None:
+    p = [0.01, 0.04, 0.03, 0.005]
+    assert stats.correct(p, "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.correct(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert stats.correct(p, "none") == p
+    assert stats.correct([0.5, None, 0.9], "holm") == [1.0, None, 1.0]
+    with pytest.raises(DermbenchError, match="holm, bh or none"):
+        stats.correct(p, "bonferroni")
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def test_single_class_split_gives_none_with_note() -> None:
+    pr = make_preds(30, 3, seed=20, y=np.zeros(30, int))
+    with pytest.raises(stats.UndefinedMetric, match="single class"):
+        stats.point(pr, "auroc_macro")
+    out = stats.score(pr, ["auroc_macro", "accuracy"], split_hash="one", seed=0, n_boot=50)
+    assert out["auroc_macro"]["value"] is None and "single class ([0])" in out["auroc_macro"]["note"]
+    assert math.isfinite(out["accuracy"]["value"])  # the other metrics are kept
+
+
+def test_class_absent_from_test_split_is_noted() -> None:
+    y = np.array([0, 1] * 40)  # class 2 never occurs among 3 columns
+    pr = make_preds(80, 3, seed=21, y=y)
+    out = stats.score(pr, ["auroc_macro"], split_hash="abs", seed=0, n_boot=50)["auroc_macro"]
+    assert out["value"] == pytest.approx(sk_auroc_present(y, pr["scores"]))
+    assert "2 of 3 classes" in out["note"]
+
+
+def test_nan_scores_name_count_and_ids() -> None:
+    pr = make_preds(40, 3, seed=22)
+    pr["scores"][[3, 17], 1] = np.nan
+    with pytest.raises(DermbenchError, match=r"NaN/inf for 2 of 40 samples \(ids: img0003, img0017\)"):
+        stats.score(pr, ["auroc_macro"], split_hash="n", seed=0, n_boot=10)
+
+
+def test_other_bad_inputs_have_clear_messages() -> None:
+    pr = make_preds(20, 3, seed=23)
+    with pytest.raises(DermbenchError, match="unknown metric 'auc'"):
+        stats.point(pr, "auc")
+    with pytest.raises(DermbenchError, match=r"needs predictions\['dice'\]"):
+        stats.point(pr, "dice")
+    with pytest.raises(DermbenchError, match="unknown CI method"):
+        stats.score(pr, ["accuracy"], split_hash="x", seed=0, ci="normal")
+    with pytest.raises(DermbenchError, match="class 5 but scores have only 3 columns"):
+        stats.point(dict(pr, y_true=np.r_[pr["y_true"][:-1], 5]), "auroc_macro")
+    with pytest.raises(DermbenchError, match="drawn for n=30"):
+        stats.replicates(pr, "accuracy", stats.bootstrap_indices("x", 0, 30, 5))
