@@ -275,6 +275,7 @@ class Runner:
         from dermbench import distributed as ddp
 
         s = self.summary
+        p = self.refine(p)
         for cell, why in p.skipped:
             s.skipped.append((cell, why))
             self.log(f"[yellow]skip[/] {cell.label}: {why}" if self.console else f"skip {cell.label}: {why}")
@@ -304,6 +305,37 @@ class Runner:
         for cell, params, config, chash in todo:
             self._run_one(cell, reg.task(cell.task).info, params, config, chash)
         return s
+
+    def refine(self, p: Plan) -> Plan:
+        """Re-check compatibility against what each dataset really holds once loaded.
+
+        Generic datasets (``folder``, ``csv``) only know their fields (masks, captions, groups) after reading
+        the user's files; their loaded ``Dataset.info`` is the truth. A dataset that fails to load keeps its
+        cells, which then fail with the loader's message.
+        """
+        reg = plugins.registry()
+        names = {c.dataset for c in p.cells} | {c.dataset for c, _ in p.skipped}
+        loaded: dict[str, Any] = {}
+        for name in sorted(names):
+            if reg.dataset(name).info.needs_root and self.opts.data_root is None:
+                continue
+            try:
+                info = self.dataset(name).info
+            except Exception:
+                continue
+            if info != reg.dataset(name).info:
+                loaded[name] = info
+        if not loaded:
+            return p
+        out = Plan()
+        for cell in p.cells + [c for c, _ in p.skipped]:
+            why_old = next((w for c, w in p.skipped if c is cell), None)
+            if cell.dataset not in loaded or (why_old and "commercial" in why_old):
+                (out.skipped.append((cell, why_old)) if why_old else out.cells.append(cell))
+                continue
+            why = reg.task(cell.task).info.incompatibility(reg.model(cell.model).info, loaded[cell.dataset])
+            (out.skipped.append((cell, why)) if why else out.cells.append(cell))
+        return out
 
     def _done_path(self, cell: Cell, chash: str) -> Path | None:
         """The record of this cell if it counts as done under the overwrite policy."""

@@ -18,6 +18,8 @@ Design choices (see DESIGN.md):
   transmission map (pigment absorbs light, Beer-Lambert style). Weber contrast of a lesion is therefore
   the same on every skin tone, *unless* ``tone_contrast_gap`` > 0, which shrinks the transmission map
   towards 1 on Fitzpatrick III-VI (strongest on VI). That is the planted fairness gap; 0 removes it.
+  ``exposure_compensation`` models camera auto-exposure (dark skin photographed darker, or not): with
+  ``tone_contrast_gap=0, exposure_compensation=1`` skin type changes only the skin's hue, a no-gap null.
 * **Cheap metadata.** :func:`plan` draws all scene parameters, metadata and the caption without
   drawing pixels, so a dataset of thousands lists labels/captions instantly; :func:`render` and
   :func:`lesion_mask` draw on demand.
@@ -63,9 +65,9 @@ TONE_GAP_WEIGHT = {1: 0.0, 2: 0.0, 3: 0.15, 4: 0.4, 5: 0.8, 6: 1.0}
 
 #: named lesion colours as they look on reference skin (type II); used as transmission ratios
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "tan": (204, 150, 104),
-    "light brown": (176, 112, 66),
-    "brown": (136, 80, 44),
+    "tan": (200, 152, 112),
+    "light brown": (170, 114, 78),
+    "brown": (132, 80, 50),
     "dark brown": (86, 48, 28),
     "black": (40, 30, 30),
     "blue-gray": (92, 102, 128),
@@ -155,6 +157,9 @@ class SynthConfig:
     tone_contrast_gap: float = 0.5  # 0: lesion contrast independent of skin type; 1: none left on type VI
     hair: float = 0.3  # probability that an image has hair strands
     sites: int = 4  # number of acquisition sites (clinics) used, 1-4
+    # camera auto-exposure towards the brightness of type II skin: 0 none (dark skin photographed dark),
+    # 1 full (all tones equally bright; with tone_contrast_gap=0 skin type then changes only the hue)
+    exposure_compensation: float = 0.5
 
     def validate(self) -> "SynthConfig":
         from dermbench.api import DermbenchError
@@ -171,6 +176,10 @@ class SynthConfig:
             )
         if not 0.0 <= float(self.hair) <= 1.0:
             raise DermbenchError(f"dermsynth hair={self.hair!r}: use a probability in [0, 1]")
+        if not 0.0 <= float(self.exposure_compensation) <= 1.0:
+            raise DermbenchError(
+                f"dermsynth exposure_compensation={self.exposure_compensation!r}: use a value in [0, 1]"
+            )
         if not isinstance(self.sites, int) or not 1 <= self.sites <= len(SITES):
             raise DermbenchError(f"dermsynth sites={self.sites!r}: use an integer between 1 and {len(SITES)}")
         return self
@@ -1002,6 +1011,16 @@ def _contrast_k(cfg: SynthConfig, fitz: int) -> np.float32:
     return np.float32(1.0 - cfg.tone_contrast_gap * TONE_GAP_WEIGHT[fitz])
 
 
+def _exposure_gain(cfg: SynthConfig, fitz: int) -> float:
+    """Auto-exposure gain (L_II / L_type) ** compensation, rounded to 1e-4 so that a libm pow differing
+    by an ulp between machines cannot change a pixel."""
+    def luma(rgb: tuple[int, int, int]) -> float:
+        return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+
+    ratio = luma(SKIN_TONES[2]) / luma(SKIN_TONES[fitz])
+    return round(ratio ** float(cfg.exposure_compensation), 4)
+
+
 def _skin(cv: _Canvas, pl: Plan, rng: np.random.Generator) -> np.ndarray:
     p = pl.params
     tone = np.array(SKIN_TONES[pl.fitzpatrick], dtype=np.float32) / np.float32(255.0)
@@ -1066,7 +1085,7 @@ def render_array(pl: Plan, size: int | None = None) -> np.ndarray:
         h = _lines(cv, _hair(cv, pl, rng))
         hc = np.array((0.28, 0.25, 0.24) if pl.params["hair_dark"] else (1.15, 1.1, 1.05), dtype=np.float32)
         _composite(img, np.broadcast_to(hc, img.shape), h * np.float32(0.9), np.float32(1.0))
-    gain = np.array(site.cast, dtype=np.float32) * np.float32(site.exposure)
+    gain = np.array(site.cast, dtype=np.float32) * np.float32(site.exposure * _exposure_gain(cfg, pl.fitzpatrick))
     img *= gain
     if site.scope and cfg.kind == "diagnosis":  # dermatoscope field; severity images are clinical photos
         d2 = cv.u * cv.u + cv.v * cv.v

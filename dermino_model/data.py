@@ -150,17 +150,25 @@ def phash(image: Any) -> int:
     return int(sum(1 << i for i, b in enumerate(bits) if b))
 
 
+def thumbnail(image: Any) -> np.ndarray:
+    """24x24 RGB box-filtered thumbnail (uint8): the second, pixel-level test of a pHash candidate pair."""
+    from PIL import Image
+
+    return np.asarray(image.convert("RGB").resize((24, 24), Image.Resampling.BOX), dtype=np.uint8)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise Hamming distances between uint64 hash arrays: (len(a), len(b))."""
     return np.bitwise_count(a[:, None] ^ b[None, :]).astype(np.int32)
 
 
-def eval_test_hashes(datasets: Sequence[str], roots: dict[str, Any]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Hashes of the ``test`` split of every named evaluation dataset that can be loaded here."""
+def eval_test_hashes(datasets: Sequence[str], roots: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """pHashes and thumbnails of the ``test`` split of every named evaluation dataset that can be loaded here."""
     from dermbench import plugins
 
     reg = plugins.registry()
     hashes: list[int] = []
+    thumbs: list[np.ndarray] = []
     ids: list[str] = []
     notes: list[str] = []
     for name in dict.fromkeys(datasets):
@@ -175,38 +183,51 @@ def eval_test_hashes(datasets: Sequence[str], roots: dict[str, Any]) -> tuple[np
             continue
         for s in ds.split("test").samples:
             try:
-                hashes.append(phash(s.load_image()))
-                ids.append(f"{name}/{s.id}")
+                img = s.load_image()
             except DermbenchError:
                 continue
-    return np.array(hashes, dtype=np.uint64), ids, notes
+            hashes.append(phash(img))
+            thumbs.append(thumbnail(img))
+            ids.append(f"{name}/{s.id}")
+    th = np.stack(thumbs) if thumbs else np.zeros((0, 24, 24, 3), np.uint8)
+    return np.array(hashes, dtype=np.uint64), th, ids, notes
 
 
 def leakage_guard(pset: PretrainSet, policy: str, against: Sequence[str], roots: dict[str, Any],
-                  max_distance: int = 4) -> list[str]:
-    """Refuse (default), warn about, or drop pretraining images within ``max_distance`` bits of a test image."""
+                  max_distance: int = 4, pixel_tol: float = 0.03) -> list[str]:
+    """Refuse (default), warn about, or drop pretraining images that near-duplicate an evaluation test image.
+
+    Two tests, both required: pHash Hamming distance <= ``max_distance`` (finds resized/recompressed copies
+    fast), then mean absolute difference of 24x24 RGB thumbnails <= ``pixel_tol`` (of 255). The second test
+    is needed because a 64-bit grey pHash of "dark blob centred on skin" collides between different lesions.
+    """
     if policy == "off":
         return ["leakage guard off"]
-    test_h, test_ids, notes = eval_test_hashes(against, roots)
+    test_h, test_t, test_ids, notes = eval_test_hashes(against, roots)
     if not len(test_h):
         return notes + ["leakage guard: no evaluation test images to compare with"]
-    pre_h = np.array([phash(it.load()) for it in pset.items], dtype=np.uint64)
-    hits: list[tuple[int, int, int]] = []
-    for start in range(0, len(pre_h), 4096):
-        d = hamming(pre_h[start : start + 4096], test_h)
+    test_t = test_t.astype(np.float32)
+    hits: list[tuple[int, int, int, float]] = []
+    chunk = 2048
+    for start in range(0, len(pset.items), chunk):
+        imgs = [it.load() for it in pset.items[start : start + chunk]]
+        h = np.array([phash(im) for im in imgs], dtype=np.uint64)
+        d = hamming(h, test_h)
         for i, j in zip(*np.nonzero(d <= max_distance)):
-            hits.append((start + int(i), int(j), int(d[i, j])))
+            mad = float(np.abs(thumbnail(imgs[i]).astype(np.float32) - test_t[j]).mean() / 255.0)
+            if mad <= pixel_tol:
+                hits.append((start + int(i), int(j), int(d[i, j]), mad))
+    n_pre = len(pset.items)
     if not hits:
-        return notes + [f"leakage guard: {len(pre_h)} pretraining vs {len(test_h)} test images, no near-duplicates "
-                        f"(pHash Hamming <= {max_distance})"]
-    pairs = "; ".join(f"{pset.items[i].where} ~ {test_ids[j]} (d={d})" for i, j, d in hits[:5])
-    msg = (f"{len(hits)} pretraining image(s) are near-duplicates of evaluation test images "
-           f"(pHash Hamming <= {max_distance}): {pairs}")
+        return notes + [f"leakage guard: {n_pre} pretraining vs {len(test_h)} test images, no near-duplicates "
+                        f"(pHash Hamming <= {max_distance} and thumbnail difference <= {pixel_tol})"]
+    pairs = "; ".join(f"{pset.items[i].where} ~ {test_ids[j]} (d={d}, diff={m:.3f})" for i, j, d, m in hits[:5])
+    msg = f"{len(hits)} pretraining image(s) are near-duplicates of evaluation test images: {pairs}"
     if policy == "refuse":
         raise DermbenchError(msg + ". Remove them from the pretraining sources, or set leakage: drop (drop them) "
                              "or leakage: warn (keep them; benchmark numbers on those test sets become optimistic).")
     if policy == "drop":
-        drop = {i for i, _, _ in hits}
+        drop = {i for i, _, _, _ in hits}
         pset.items = [it for k, it in enumerate(pset.items) if k not in drop]
         return notes + [msg + f"; dropped {len(drop)}"]
     log.warning(msg)

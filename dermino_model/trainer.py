@@ -182,7 +182,8 @@ class Trainer:
             cache_images(pset)
         against = [s["dataset"] for s in cfg.sources if "dataset" in s] + list(cfg.leakage_against)
         roots = {s["dataset"]: s.get("root") for s in cfg.sources if "dataset" in s}
-        self.notes += leakage_guard(pset, cfg.leakage, against, roots, cfg.leakage_hamming)
+        self.notes += leakage_guard(pset, cfg.leakage, against, roots, cfg.leakage_hamming,
+                                    cfg.leakage_pixel_tol)
         self.pset = pset
         self.space = merge_labels(pset.label_sources, cfg.text_encoder, cfg.merge_threshold)
         y, known = label_matrices(pset.items, self.space)

@@ -144,3 +144,13 @@ def test_metadata_without_any_image(shared_data, tmp_path):
     (root / "metadata.csv").symlink_to(shared_data / "pad-ufes-20" / "metadata.csv")
     with pytest.raises(DermbenchError, match=r"none of the 2298 metadata rows .* has an image .*PAT_46_881_939.png"):
         pad_ufes20.load_pad_ufes20(root)
+
+
+def test_unknown_dataset_option_is_reported_not_swallowed(shared_data, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="dermbench.datasets"):
+        ds = ph2.load_ph2(shared_data / "ph2", tabel="xlsx")
+    assert len(ds) == 45
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "ignoring unknown dataset option(s) ['tabel']" in msg and "'table'" in msg

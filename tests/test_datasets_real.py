@@ -199,3 +199,46 @@ def test_registry_lists_real_dataset_variants():
     assert not info.commercial_use and "Tschandl" in info.citation and "Dataverse" in info.how_to_obtain
     assert {"sex", "age", "site", "groups"} <= info.fields
     assert registry().dataset("pad-ufes-20").info.commercial_use  # CC BY 4.0
+
+
+def test_ham10000_dataverse_tab_variant(shared_data, cache, tmp_path):
+    """The newer Dataverse release ships the metadata as a quoted, tab-separated .tab file."""
+    src = shared_data / "ham10000"
+    root = tmp_path / "ham_tab"
+    root.mkdir()
+    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
+        (root / part).symlink_to(src / part)
+    lines = (src / "HAM10000_metadata.csv").read_text().splitlines()
+    tab = ["\t".join(f'"{c}"' if not c.isdigit() else c for c in line.split(",")) for line in lines]
+    (root / "HAM10000_metadata.tab").write_text("\n".join(tab) + "\n")
+    a = ham10000.load_ham10000(src)
+    b = ham10000.load_ham10000(root)
+    assert [(s.id, s.label, s.meta["site"], s.meta["age"]) for s in a.samples] == [
+        (s.id, s.label, s.meta["site"], s.meta["age"]) for s in b.samples
+    ]
+
+
+def test_reencoded_image_changes_split_hash_not_split(shared_data, cache, tmp_path):
+    """Same ids, other pixels: the split stays, its hash (feature-cache key) changes."""
+    src = shared_data / "pad-ufes-20"
+    root = tmp_path / "pad"
+    (root / "images").mkdir(parents=True)
+    (root / "metadata.csv").symlink_to(src / "metadata.csv")
+    files = sorted((src / "images").iterdir())
+    for f in files:
+        (root / "images" / f.name).symlink_to(f)
+    before = pad_ufes20.load_pad_ufes20(root)
+    from PIL import Image
+
+    victim = root / "images" / files[0].name
+    img = Image.open(files[0]).convert("RGB").resize((32, 32))
+    victim.unlink()
+    img.save(victim)
+    after = pad_ufes20.load_pad_ufes20(root)
+    assert after.splits == before.splits
+    # the fingerprint covers the whole dataset, so both sides' hashes move
+    for side in ("train", "test"):
+        assert after.split(side).ids == before.split(side).ids
+        assert after.split(side).hash != before.split(side).hash
+    again = pad_ufes20.load_pad_ufes20(root)
+    assert again.split("test").hash == after.split("test").hash  # and it is stable for unchanged files

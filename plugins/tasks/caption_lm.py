@@ -67,7 +67,9 @@ def tiny_lm(tokenizer: Any, *, n_positions: int, dim: int, layers: int, seed: in
                      pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return GPT2LMHeadModel(cfg)
+        model = GPT2LMHeadModel(cfg)
+    model.loss_type = "ForCausalLM"  # the standard shifted cross-entropy, named so transformers does not warn
+    return model
 
 
 def detokenize(text: str) -> str:

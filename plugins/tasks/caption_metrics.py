@@ -77,7 +77,10 @@ def _ptb_tokenize(groups: dict[str, list[str]]) -> dict[str, list[str]]:
     out = PTBTokenizer().tokenize(flat)
     missing = [k for k in groups if k not in out or len(out[k]) != len(groups[k])]
     if missing:  # the jar drops lines only on malformed input; never score misaligned captions
-        raise DermbenchError(f"PTB tokenizer lost captions for samples {missing[:5]}; check them for control characters")
+        raise DermbenchError(
+            f"PTB tokenizer lost caption entries {missing[:5]} (r<i>: reference, h<set>_<i>: hypothesis); "
+            "check those captions for control characters"
+        )
     return out
 
 
@@ -89,6 +92,12 @@ def _meteor() -> Any:
 
         _METEOR = Meteor()
     return _METEOR
+
+
+def start_meteor() -> None:
+    """Start the METEOR process early (non-blocking) so its start-up overlaps with other work."""
+    with _METEOR_LOCK:
+        _meteor()
 
 
 def bleu_stats(gts: dict[str, list[str]], res: dict[str, list[str]], keys: Sequence[str]):
@@ -147,7 +156,7 @@ def score_caption_sets(references: Sequence[str | Sequence[str]], hypothesis_set
     for name, hyps in hypothesis_sets.items():
         if len(hyps) != n:
             raise DermbenchError(f"{len(hyps)} {name} captions for {n} references; need one per image")
-    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    refs = [list(r) if isinstance(r, (list, tuple)) else [r] for r in references]
     keys = [str(i) for i in range(n)]  # positional keys: ids may repeat or be odd strings
     label_ids = [str(i) for i in ids] if ids is not None else keys
     check_captions([i for i, r in zip(label_ids, refs) for _ in r], [c for r in refs for c in r], "references")

@@ -167,9 +167,16 @@ class Captioning:
                 "install one, e.g. `apt-get install default-jre-headless`, and make `java` available on PATH"
             )
         train, test = ctx.split(self.p["train_split"]), ctx.split(self.p["test_split"])
+        if self.meteor:  # start the METEOR JVM now: it loads its tables (~8-40 s) while features and training run
+            M.start_meteor()
         cap_tr = _split_captions(train, "training captions")
         cap_te = _split_captions(test, "reference captions")
         timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        torch.manual_seed(ctx.seed)
+        # the LM first: a bad LM id or tokenizer fails before any feature extraction
+        lm = self._language_model(ctx, cap_tr, max(1, self.visual_tokens))
+        timings["lm_load_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         vtr, vte, vis_src = self._visual(ctx, train, test)
         timings["features_s"] = time.perf_counter() - t0
@@ -185,8 +192,6 @@ class Captioning:
             vtr, vte = (vtr - mu) / sd, (vte - mu) / sd
 
         t0 = time.perf_counter()
-        torch.manual_seed(ctx.seed)
-        lm = self._language_model(ctx, cap_tr, vtr.shape[1])
         cap = L.PrefixCaptioner(lm, vtr.shape[-1], prompt=str(self.p["prompt"]), max_len=self.max_len,
                                 seed=ctx.seed, device=ctx.device)
         lm.n_trainable, lm.n_total = L.count_params(lm.model)

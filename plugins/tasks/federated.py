@@ -260,8 +260,8 @@ class Federated:
                        else loopback(cfg, files, fl_dir / "loopback"))
             t_fl = time.perf_counter() - t0
         failures = [dict(f, round=r["round"], phase=r["phase"]) for r in summary["rounds"] for f in r["failed"]]
-        failures += [{"round": r["round"], "phase": r["phase"], "node": n, "reason": f"no reply within {p['round_timeout']}s"}
-                     for r in summary["rounds"] for n in r["no_reply_nodes"]]
+        failures += [dict(f, round=r["round"], phase=r["phase"], reason=f"no reply within {p['round_timeout']}s")
+                     for r in summary["rounds"] for f in r["no_reply"]]
         if not summary.get("updated"):
             raise DermbenchError(
                 "no client returned an update in any round, so there is no federated model; failures: "

@@ -175,14 +175,19 @@ def recording_strategy(name: str, log: list[dict[str, Any]], **kwargs: Any) -> A
         def _record(self, phase: str, rnd: int, replies: list[Message]) -> dict[str, Any]:
             sent = self._sent.get((phase, rnd), [])
             got = {m.metadata.src_node_id for m in replies}
+            for m in replies:  # learn which node serves which site from any good reply
+                if not m.has_error():
+                    self._node_site[m.metadata.src_node_id] = _site_of(m)
+            name = lambda node: self._node_site.get(node, "(site not known yet)")  # noqa: E731
             entry = {
-                "round": rnd, "phase": phase, "asked": len(sent),
-                "ok": [], "failed": [],
-                "no_reply_nodes": [str(n) for n in sent if n not in got],
+                "round": rnd, "phase": phase, "asked": len(sent), "ok": [], "failed": [],
+                "no_reply": [{"node": str(n), "site": name(n)} for n in sent if n not in got],
             }
             for m in replies:
+                node = m.metadata.src_node_id
                 if m.has_error():
-                    entry["failed"].append({"node": str(m.metadata.src_node_id), "reason": str(m.error.reason)[-500:]})
+                    entry["failed"].append({"node": str(node), "site": name(node),
+                                            "reason": str(m.error.reason)[-500:]})
                 else:
                     mr = next(iter(m.content.metric_records.values()))
                     entry["ok"].append({"site": _site_of(m), **{k: float(v) for k, v in mr.items()}})
@@ -211,6 +216,7 @@ def recording_strategy(name: str, log: list[dict[str, Any]], **kwargs: Any) -> A
 
     strat = Recording(**kwargs)
     strat._sent = {}
+    strat._node_site = {}
     return strat
 
 
@@ -229,6 +235,7 @@ def serve(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
     if n_clients < 1 or dim < 1 or n_cls < 2:
         raise ValueError(f"run config needs n-clients >= 1, dim >= 1, n-classes >= 2; got {n_clients}, {dim}, {n_cls}")
     _wait_for_nodes(grid, n_clients, float(cfg["round-timeout"]))
+    rng_state = random.getstate()
     random.seed(int(cfg["seed"]))  # Flower samples nodes with the global `random` module
     log: list[dict[str, Any]] = []
     f_train, f_eval = float(cfg["fraction-train"]), float(cfg["fraction-evaluate"])
@@ -244,8 +251,11 @@ def serve(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
     strat = recording_strategy(str(cfg["strategy"]), log, **kwargs)
     init = fl_train.init_weights(dim, n_cls, int(cfg["seed"]))
     t0 = time.perf_counter()
-    result = strat.start(grid=grid, initial_arrays=to_record(init), num_rounds=int(cfg["num-rounds"]),
-                         timeout=float(cfg["round-timeout"]))
+    try:
+        result = strat.start(grid=grid, initial_arrays=to_record(init), num_rounds=int(cfg["num-rounds"]),
+                             timeout=float(cfg["round-timeout"]))
+    finally:
+        random.setstate(rng_state)
     final = from_record(result.arrays) if len(result.arrays) else init
     summary = {
         "strategy": STRATEGIES[str(cfg["strategy"])],

@@ -53,7 +53,8 @@ def write_app(app_dir: Path, run_config: dict[str, Any]) -> Path:
     app_dir.mkdir(parents=True, exist_ok=True)
     doc = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {"name": "dermbench-federated", "version": "1.0.0", "dependencies": []},
+        "project": {"name": "dermbench-federated", "version": "1.0.0", "dependencies": [],
+                    "description": "dermbench federated linear projection (generated)", "license": "Apache-2.0"},
         "tool": {
             "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
             "flwr": {"app": {

@@ -5,9 +5,10 @@ Imported only inside the task's ``run`` (it imports torch). Both heads map a lis
 
 * ``LinearHead``: BatchNorm -> Dropout2d(0.1) -> 1x1 conv on the last map (DermINO / DINOv2 "linear" protocol).
 * ``UperNetHead``: a multi-scale pyramid fed to segmentation-models-pytorch's UPerNet decoder (PPM + FPN + fusion).
-  ViTs give maps of one resolution: the pyramid is built as in BEiT / ViT-Adapter practice, 4x up (two stride-2
-  transposed convs), 2x up (one), identity, 2x down (max-pool). CNNs already give a pyramid (their stages), used
-  as is, finest first.
+  ViTs give maps of one resolution: the pyramid is built as in BEiT / ViTDet practice, 4x up (two stride-2
+  transposed convs), 2x up (one), identity, 2x down (max-pool); as in ViTDet's simple feature pyramid each
+  upsampling halves the channels (D -> D/2 -> D/4), which keeps the finest level cheap for ViT-L/g.
+  CNNs already give a pyramid (their stages), used as is, finest first.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class LinearHead(nn.Module):
 
 
 class ViTPyramid(nn.Module):
-    """Four same-resolution ViT maps -> strides 4x up, 2x up, 1x, 2x down (the simple ViT feature pyramid)."""
+    """Four same-resolution ViT maps -> 4x up (D/4 ch), 2x up (D/2), 1x (D), 2x down (D): a simple feature pyramid."""
 
     def __init__(self, channels: Sequence[int]):
         super().__init__()
@@ -52,14 +53,15 @@ class ViTPyramid(nn.Module):
             )
         c0, c1 = channels[0], channels[1]
         self.up4 = nn.Sequential(
-            nn.ConvTranspose2d(c0, c0, kernel_size=2, stride=2),
-            nn.BatchNorm2d(c0),
+            nn.ConvTranspose2d(c0, c0 // 2, kernel_size=2, stride=2),
+            nn.BatchNorm2d(c0 // 2),
             nn.GELU(),
-            nn.ConvTranspose2d(c0, c0, kernel_size=2, stride=2),
+            nn.ConvTranspose2d(c0 // 2, c0 // 4, kernel_size=2, stride=2),
         )
-        self.up2 = nn.ConvTranspose2d(c1, c1, kernel_size=2, stride=2)
+        self.up2 = nn.ConvTranspose2d(c1, c1 // 2, kernel_size=2, stride=2)
         self.same = nn.Identity()
         self.down2 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.out_channels = [c0 // 4, c1 // 2, channels[2], channels[3]]
 
     def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [self.up4(feats[0]), self.up2(feats[1]), self.same(feats[2]), self.down2(feats[3])]
@@ -78,14 +80,15 @@ class UperNetHead(nn.Module):
         if len(channels) < 2:
             raise DermbenchError(f"head=upernet needs at least 2 layers, got {len(channels)}; use layers=auto")
         same_res = len(set(sizes)) == 1
+        self.pyramid: ViTPyramid | None = None
         if same_res:
-            self.pyramid: nn.Module | None = ViTPyramid(channels)
+            self.pyramid = ViTPyramid(channels)
             self.order = list(range(len(channels)))
+            chans = self.pyramid.out_channels
         else:
             # a CNN's stages: finest first, as the decoder expects
-            self.pyramid = None
             self.order = sorted(range(len(sizes)), key=lambda i: -sizes[i][0] * sizes[i][1])
-        chans = [channels[i] for i in self.order]
+            chans = [channels[i] for i in self.order]
         # smp's decoder drops the first two entries (the 1/1 and 1/2 levels of an smp encoder)
         self.decoder = UPerNetDecoder(encoder_channels=[1, 1, *chans], encoder_depth=len(chans) + 1,
                                       decoder_channels=decoder_channels)

@@ -69,7 +69,8 @@ EMPTY_POLICY = "both masks empty -> 1 (correct 'no lesion'); only one empty -> 0
 # Metrics
 
 
-def dice_jaccard(pred: "np.ndarray", true: "np.ndarray", class_averaged: bool = False) -> tuple["np.ndarray", "np.ndarray"]:
+def dice_jaccard(pred: "np.ndarray", true: "np.ndarray",
+                 class_averaged: bool = False) -> tuple["np.ndarray", "np.ndarray"]:
     """Per-image Dice and Jaccard of boolean (n, H, W) masks (see the module docstring for empty masks)."""
     import numpy as np
 
@@ -264,7 +265,9 @@ def resolve_layers(layers: Any, head: str, n_layers: int | None, is_vit: bool) -
         try:
             return [int(v) for v in layers.replace(" ", "").split(",") if v]
         except ValueError:
-            raise DermbenchError(f"layers={layers!r}: expected 'auto' or comma-separated block indices, e.g. 2,5,8,11") from None
+            raise DermbenchError(
+                f"layers={layers!r}: expected 'auto' or comma-separated block indices, e.g. 2,5,8,11"
+            ) from None
     if isinstance(layers, int):
         return [layers]
     return [int(v) for v in layers]
@@ -282,7 +285,8 @@ def _batches(perm: Any, bs: int) -> list[Any]:
 
 
 def train_head(head: Any, maps: list["np.ndarray"], masks: "np.ndarray", *, epochs: int, lr: float,
-               batch_size: int, weight_decay: float, seed: int, progress: Any = None) -> list[float]:
+               batch_size: int, weight_decay: float, seed: int, device: str = "cpu",
+               progress: Any = None) -> list[float]:
     """Adam + per-step cosine schedule, pixel cross-entropy at mask resolution; returns mean loss per epoch."""
     import torch
     import torch.nn.functional as F
@@ -299,14 +303,14 @@ def train_head(head: Any, maps: list["np.ndarray"], masks: "np.ndarray", *, epoc
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
     target_all = torch.from_numpy(masks)
     losses = []
-    head.train()
+    head.to(device).train()
     for _ in range(epochs):
         tot, cnt = 0.0, 0
         for idx in _batches(torch.randperm(n, generator=g), batch_size):
             ix = idx.numpy()
-            feats = [torch.from_numpy(m[ix]).float() for m in maps]
+            feats = [torch.from_numpy(m[ix]).to(device).float() for m in maps]
             logits = F.interpolate(head(feats), size=size, mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, target_all[idx].long())
+            loss = F.cross_entropy(logits, target_all[idx].to(device).long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -319,19 +323,20 @@ def train_head(head: Any, maps: list["np.ndarray"], masks: "np.ndarray", *, epoc
     return losses
 
 
-def predict_masks(head: Any, maps: list["np.ndarray"], size: int, batch_size: int = 32) -> "np.ndarray":
+def predict_masks(head: Any, maps: list["np.ndarray"], size: int, batch_size: int = 32,
+                  device: str = "cpu") -> "np.ndarray":
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    head.eval()
+    head.to(device).eval()
     n = len(maps[0])
     out = np.zeros((n, size, size), dtype=bool)
     with torch.no_grad():
         for lo in range(0, n, batch_size):
-            feats = [torch.from_numpy(m[lo : lo + batch_size]).float() for m in maps]
+            feats = [torch.from_numpy(m[lo : lo + batch_size]).to(device).float() for m in maps]
             logits = F.interpolate(head(feats), size=(size, size), mode="bilinear", align_corners=False)
-            out[lo : lo + batch_size] = (logits.argmax(1) == 1).numpy()
+            out[lo : lo + batch_size] = (logits.argmax(1) == 1).cpu().numpy()
     return out
 
 
@@ -352,7 +357,8 @@ class Segmentation:
         self.layers = layers
         self.size, self.epochs, self.lr = int(size), int(epochs), float(lr)
         if self.size < 8:
-            raise DermbenchError(f"segmentation size={size} is too small; masks are scored at size x size (default 224)")
+            raise DermbenchError(f"segmentation size={size} is too small; masks are scored at size x size "
+                                 "(default 224)")
         self.batch_size, self.weight_decay = int(batch_size), float(weight_decay)
         self.decoder_channels = int(decoder_channels)
         self.class_averaged = _as_bool(class_averaged, "class_averaged")
@@ -387,14 +393,16 @@ class Segmentation:
         channels = [int(m.shape[1]) for m in ftr]
         sizes = [(int(m.shape[2]), int(m.shape[3])) for m in ftr]
 
+        device = str(getattr(ctx, "device", "cpu") or "cpu")
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # init, dropout and shuffling from the cell seed only
             torch.manual_seed(ctx.seed)
             head = build_head(self.head, channels, sizes, decoder_channels=self.decoder_channels)
             with ctx.progress(f"train {self.head} head", self.epochs) as adv:
                 losses = train_head(head, ftr, ytr, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                                    weight_decay=self.weight_decay, seed=ctx.seed, progress=adv)
-        pred = predict_masks(head, fte, self.size)
+                                    weight_decay=self.weight_decay, seed=ctx.seed, device=device, progress=adv)
+        pred = predict_masks(head, fte, self.size, device=device)
+        head.cpu()
         t_train = time.perf_counter() - t0
 
         d_fg, j_fg = dice_jaccard(pred, yte)
@@ -421,8 +429,7 @@ class Segmentation:
             "head": self.head,
             "layers": layers,
             "feature_maps": [{"channels": c, "h": h, "w": w} for c, (h, w) in zip(channels, sizes)],
-            "pyramid": ("built: 4x up, 2x up, 1x, 2x down (ViT)" if self.head == "upernet" and len(set(sizes)) == 1
-                        else "backbone stages (CNN)" if self.head == "upernet" else None),
+            "pyramid": _pyramid_note(self.head, sizes),
             "decoder": "smp UPerNetDecoder" if self.head == "upernet" else "BN-Dropout2d(0.1)-1x1conv",
             "size": self.size,
             "mask_geometry": f"model preprocessing ({pre.resize_mode}, resize={pre.resize}, crop={pre.crop}), "
@@ -461,6 +468,12 @@ class Segmentation:
                           f"{s.id}  dice {dice[k]:.3f}   image | truth | prediction")
             arts.append(f"{rel}/{name}")
         return arts
+
+
+def _pyramid_note(head: str, sizes: Sequence[tuple[int, int]]) -> str | None:
+    if head != "upernet":
+        return None
+    return "built: 4x up (D/4), 2x up (D/2), 1x, 2x down (ViT)" if len(set(sizes)) == 1 else "backbone stages (CNN)"
 
 
 def _safe(name: str) -> str:
