@@ -173,7 +173,7 @@ class TimmBackbone(BaseBackbone):
         if getattr(self.model, "blocks", None) is not None:
             kw["norm"] = self.norm_intermediates
         maps = self.model.forward_intermediates(x, **kw)
-        by = dict(zip(uniq, maps))
+        by = dict(zip(uniq, maps, strict=True))
         return [by[i] for i in idx]
 
 
@@ -220,7 +220,7 @@ def load_timm_weights(
     sd = convert(sd, model) if convert is not None else timm_filter(model, sd)
     own = model.state_dict()
     # a num_classes=0 backbone has no classifier: checkpoints with one (fc.*, head.*) are fine
-    for k in [k for k in sd if k not in own and (k.startswith(("fc.", "head.")) or k.startswith("head_drop"))]:
+    for k in [k for k in sd if k not in own and k.startswith(("fc.", "head."))]:
         sd.pop(k)
     from dermbench.weights import load_into
 

@@ -266,8 +266,7 @@ def plugins_check(name: str = typer.Argument(..., help="a model name"), n_images
     from dermbench import check
 
     report = check.check_model(name, n_images=n_images, weights=weights)
-    rows = [{"check": k, "result": str(v)} for k, v in report.items()]
-    _table(rows, f"plugins check {name}")
+    _table(check.report_rows(report), f"plugins check {name}")
     if not report.get("ok", False):
         raise typer.Exit(1)
 

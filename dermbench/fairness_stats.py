@@ -171,10 +171,10 @@ def group_values(p: Any, metric: str, W: np.ndarray, codes: np.ndarray, k: int) 
     m = stats.get_metric(metric)
     W = np.asarray(W)
     out = np.full((k, W.shape[0]), np.nan)
-    for g in range(k):
-        mask = (codes == g).astype(W.dtype)
-        vals, _ = m.weighted(p, W * mask[None, :])
-        out[g] = vals
+    with np.errstate(invalid="ignore", divide="ignore"):  # a group drawn empty in a replicate: 0/0 -> NaN
+        for g in range(k):
+            mask = (codes == g).astype(W.dtype)
+            out[g] = m.weighted(p, W * mask[None, :])[0]
     return out
 
 
@@ -210,10 +210,10 @@ def equalized_odds(p: Any, W: np.ndarray, codes: np.ndarray, k: int, what: str =
     F = _confusion_features(p, what)
     C = (F.shape[1] - 1) // 3
     tprs, fprs = [], []
+    Wf = np.asarray(W, dtype=np.float64)
     for g in range(k):
-        mask = (codes == g).astype(np.float64)
-        S = (np.asarray(W, dtype=np.float64) * mask[None, :]) @ F
-        t, f = _rates(S)
+        members = np.flatnonzero(codes == g)
+        t, f = _rates(Wf[:, members] @ F[members])
         tprs.append(t)
         fprs.append(f)
     tpr, fpr = np.stack(tprs), np.stack(fprs)  # (k, rows, C)
@@ -406,10 +406,10 @@ def gap_test(predictions: Any, attribute: str, metric: str, *, n_perm: int = 100
     base = codes[members]
     for i in range(n_perm):
         perm_codes[i, members] = rng.permutation(base)
-    null = np.full(n_perm, np.nan)
     vals = np.empty((k, n_perm))
-    for g in range(k):
-        vals[g] = m.weighted(p, (perm_codes == g).astype(np.uint8))[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for g in range(k):
+            vals[g] = m.weighted(p, (perm_codes == g).astype(np.uint8))[0]
     null = _reduce("gap", vals, m.higher_is_better)
     ok = np.isfinite(null)
     nv = int(ok.sum())

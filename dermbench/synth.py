@@ -18,8 +18,9 @@ Design choices (see DESIGN.md):
   transmission map (pigment absorbs light, Beer-Lambert style). Weber contrast of a lesion is therefore
   the same on every skin tone, *unless* ``tone_contrast_gap`` > 0, which shrinks the transmission map
   towards 1 on Fitzpatrick III-VI (strongest on VI). That is the planted fairness gap; 0 removes it.
-  ``exposure_compensation`` models camera auto-exposure (dark skin photographed darker, or not): with
-  ``tone_contrast_gap=0, exposure_compensation=1`` skin type changes only the skin's hue, a no-gap null.
+  Dark skin is also photographed darker (``exposure_compensation``, camera auto-exposure, by default
+  ``1 - tone_contrast_gap``), so at ``tone_contrast_gap=0`` every tone is exposed alike and skin type
+  changes only the skin's hue: a no-gap null, for the data and for models.
 * **Cheap metadata.** :func:`plan` draws all scene parameters, metadata and the caption without
   drawing pixels, so a dataset of thousands lists labels/captions instantly; :func:`render` and
   :func:`lesion_mask` draw on demand.
@@ -157,9 +158,9 @@ class SynthConfig:
     tone_contrast_gap: float = 0.5  # 0: lesion contrast independent of skin type; 1: none left on type VI
     hair: float = 0.3  # probability that an image has hair strands
     sites: int = 4  # number of acquisition sites (clinics) used, 1-4
-    # camera auto-exposure towards the brightness of type II skin: 0 none (dark skin photographed dark),
-    # 1 full (all tones equally bright; with tone_contrast_gap=0 skin type then changes only the hue)
-    exposure_compensation: float = 0.5
+    # camera auto-exposure towards the brightness of type III skin: 0 none (dark skin photographed dark),
+    # 1 full (all tones equally bright); None: 1 - tone_contrast_gap, so that gap 0 means no gap at all
+    exposure_compensation: float | None = None
 
     def validate(self) -> "SynthConfig":
         from dermbench.api import DermbenchError
@@ -176,9 +177,10 @@ class SynthConfig:
             )
         if not 0.0 <= float(self.hair) <= 1.0:
             raise DermbenchError(f"dermsynth hair={self.hair!r}: use a probability in [0, 1]")
-        if not 0.0 <= float(self.exposure_compensation) <= 1.0:
+        if self.exposure_compensation is not None and not 0.0 <= float(self.exposure_compensation) <= 1.0:
             raise DermbenchError(
-                f"dermsynth exposure_compensation={self.exposure_compensation!r}: use a value in [0, 1]"
+                f"dermsynth exposure_compensation={self.exposure_compensation!r}: use a value in [0, 1] "
+                "(or leave it unset: 1 - tone_contrast_gap)"
             )
         if not isinstance(self.sites, int) or not 1 <= self.sites <= len(SITES):
             raise DermbenchError(f"dermsynth sites={self.sites!r}: use an integer between 1 and {len(SITES)}")
@@ -1012,13 +1014,16 @@ def _contrast_k(cfg: SynthConfig, fitz: int) -> np.float32:
 
 
 def _exposure_gain(cfg: SynthConfig, fitz: int) -> float:
-    """Auto-exposure gain (L_II / L_type) ** compensation, rounded to 1e-4 so that a libm pow differing
-    by an ulp between machines cannot change a pixel."""
+    """Auto-exposure gain (L_III / L_type) ** compensation, rounded to 1e-4 so that a libm pow differing
+    by an ulp between machines cannot change a pixel. Type III is the target so that brightened type VI
+    skin does not clip."""
     def luma(rgb: tuple[int, int, int]) -> float:
         return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
-    ratio = luma(SKIN_TONES[2]) / luma(SKIN_TONES[fitz])
-    return round(ratio ** float(cfg.exposure_compensation), 4)
+    comp = cfg.exposure_compensation
+    comp = 1.0 - float(cfg.tone_contrast_gap) if comp is None else float(comp)
+    ratio = luma(SKIN_TONES[3]) / luma(SKIN_TONES[fitz])
+    return round(ratio**comp, 4)
 
 
 def _skin(cv: _Canvas, pl: Plan, rng: np.random.Generator) -> np.ndarray:

@@ -135,8 +135,9 @@ def load_dermino(info: ModelInfo, weights: Any = None, device: str = "cpu", **_:
     path = resolve(weights)
     vit, arch, file = load_vit(path, info.image_size)
     meta = read_meta(path) if path.is_dir() else None
-    info2 = info_from_meta(info, meta) if meta else replace(
-        info, embed_dim=arch["embed_dim"], patch_size=arch["patch_size"])
+    info2 = info_from_meta(info, meta) if meta else replace(  # a released/foreign checkpoint
+        info, embed_dim=arch["embed_dim"], patch_size=arch["patch_size"], trained_on=("dermino-release",),
+        description=f"{info.description} [weights: {path.name}; pretraining data not itemised by the release]")
     return TimmBackbone(info2, vit, "sha256:" + file_sha256(file)).to(device)
 
 

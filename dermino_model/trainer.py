@@ -165,13 +165,12 @@ class Trainer:
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        if cfg.sdpa:
-            try:
-                from timm.layers import set_fused_attn
+        try:  # fused scaled_dot_product_attention (flash/mem-efficient kernels on GPU) or timm's eager path
+            from timm.layers import set_fused_attn
 
-                set_fused_attn(True)
-            except Exception:  # older timm
-                pass
+            set_fused_attn(cfg.sdpa)
+        except Exception:  # older timm
+            pass
         pset = self._pset or load_sources(cfg.sources)
         self.notes += pset.notes
         if cfg.skip_bad_images:
@@ -376,7 +375,7 @@ class Trainer:
 
     def train(self, stop_at: int | None = None, progress: bool = True) -> dict[str, Any]:
         """Run until ``total_steps`` (or ``stop_at``); returns a summary with the last record and the probe."""
-        from dermino_model.monitor import JsonlLog, knn_probe, progress_bar
+        from dermino_model.monitor import JsonlLog, progress_bar
 
         cfg = self.cfg
         stop = min(stop_at or self.total_steps, self.total_steps)

@@ -50,7 +50,7 @@ def _reference_scores():
     refs = [[r] if isinstance(r, str) else r for r in REFS]
     gts = PTBTokenizer().tokenize({i: [{"caption": c} for c in r] for i, r in enumerate(refs)})
     res = PTBTokenizer().tokenize({i: [{"caption": h}] for i, h in enumerate(HYPS)})
-    out = {}
+    out = {"gts": gts, "res": res}
     (b_corpus, b_sent) = Bleu(4).compute_score(gts, res, verbose=0)
     out["bleu"] = (b_corpus, b_sent)
     # the METEOR jar is pycocoevalcap's; we reuse the already started process to avoid a second ~10-40 s JVM start
@@ -64,7 +64,13 @@ def _reference_scores():
     return out
 
 
+def _resampled(d, positions):
+    return [d[int(i)] for i in positions]
+
+
 def test_metrics_equal_pycocoevalcap_reference():
+    from pycocoevalcap.bleu.bleu import Bleu
+
     got = M.score_caption_sets(REFS, {"a": HYPS, "b": list(reversed(HYPS))}, ids=[f"x{i}" for i in range(6)])
     a = got["a"]
     ref = _reference_scores()
@@ -91,8 +97,22 @@ def test_metrics_equal_pycocoevalcap_reference():
     for k in M.PER_CAPTION_KEYS:
         np.testing.assert_allclose(got["b"].per_caption[k], alone.per_caption[k], atol=1e-12)
     assert got["b"].per_caption["cider"][2] != a.per_caption["cider"][2]
-    ci = M.corpus_bleu_ci(a.bleu_stats, split_hash="abc", seed=0, n_boot=300)
-    assert ci["ci_low"] <= ci["value"] <= ci["ci_high"] and ci["value"] == pytest.approx(b_corpus[3], abs=1e-12)
+    # ... and as a statistics-engine metric: point = pycocoevalcap, replicates = corpus BLEU of resampled captions
+    from dermbench import stats
+
+    M.register_metrics()
+    pred = {"ids": [f"x{i}" for i in range(6)], "bleu_stats": a.bleu_stats}
+    res = stats.score(pred, ["corpus_bleu4", "corpus_bleu1"], split_hash="abc", seed=0, n_boot=300)
+    assert res["corpus_bleu4"]["value"] == pytest.approx(b_corpus[3], abs=1e-12)
+    assert res["corpus_bleu1"]["value"] == pytest.approx(b_corpus[0], abs=1e-12)
+    idx = stats.bootstrap_indices("abc", 0, 6, 300)
+    reps = stats.replicates(pred, "corpus_bleu4", idx)
+    b = 7  # one replicate recomputed by pycocoevalcap itself on the resampled captions
+    g7 = {j: gts_j for j, gts_j in enumerate(_resampled(ref["gts"], idx[b]))}
+    r7 = {j: res_j for j, res_j in enumerate(_resampled(ref["res"], idx[b]))}
+    assert reps[b] == pytest.approx(Bleu(4).compute_score(g7, r7, verbose=0)[0][3], abs=1e-12)
+    lo, hi = res["corpus_bleu4"]["ci_low"], res["corpus_bleu4"]["ci_high"]
+    assert lo <= res["corpus_bleu4"]["value"] <= hi and lo < hi
 
 
 def test_bad_captions_name_the_sample():
@@ -148,12 +168,16 @@ def test_tiny_lm_end_to_end_on_dermsynth(tmp_path, feature_cache):
     # the LM learned the caption language: generations are non-empty and use dermsynth's words
     assert all(g.strip() for g in pred["generated"]) and np.mean(pred["rouge1"]) > 0.2
     base = e["retrieval_baseline"]
-    assert set(base["paired_generated_minus_retrieved"]) == set(M.PER_CAPTION_KEYS)
-    for k, r in base["paired_generated_minus_retrieved"].items():
-        assert r["value_a"] == pytest.approx(rec.metrics[f"mean:{k}"]["value"], abs=1e-12)
-        assert r["value_b"] == pytest.approx(base["mean"][k], abs=1e-12)
+    assert set(base["paired_generated_minus_retrieved"]) == set(rec.metrics)
+    for name, r in base["paired_generated_minus_retrieved"].items():
+        assert r["value_a"] == pytest.approx(rec.metrics[name]["value"], abs=1e-12)
+        key = name.split(":")[-1] if name.startswith("mean:") else None
+        if key:
+            assert r["value_b"] == pytest.approx(base["mean"][key], abs=1e-12)
+    assert base["paired_generated_minus_retrieved"]["corpus_bleu4"]["value_b"] == pytest.approx(
+        base["corpus"]["bleu4"], abs=1e-12)
     assert e["corpus"]["cider"] == pytest.approx(rec.metrics["mean:cider"]["value"], abs=1e-9)
-    assert e["corpus"]["bleu4_ci"]["value"] == pytest.approx(e["corpus"]["bleu4"], abs=1e-12)
+    assert rec.metrics["corpus_bleu4"]["value"] == pytest.approx(e["corpus"]["bleu4"], abs=1e-12)
     assert e["lm_kind"] == "tiny" and e["resolved"]["lora"] is None
     rows = list(csv.DictReader(open(rec.artifacts[0], encoding="utf-8")))
     assert [r["id"] for r in rows] == pred["ids"] and rows[0]["generated"] == pred["generated"][0]
@@ -181,7 +205,8 @@ def test_hf_lm_with_lora_pad_and_visual_tokens(tmp_path, feature_cache):
     LlamaForCausalLM(cfg).save_pretrained(lm_dir)
     tok.save_pretrained(lm_dir)
 
-    opts = _opts(tmp_path, feature_cache, lm=str(lm_dir), epochs=1, visual_tokens=8, meteor=False, max_len=12)
+    opts = _opts(tmp_path, feature_cache, lm=str(lm_dir), epochs=1, visual_tokens=8, meteor=False, max_len=12,
+                 num_beams=2)
     s = runner.run(["random-vit"], ["captioning"], ["dermsynth"], opts, quiet=True)
     assert s.ok, s.failed
     rec = read_record(s.done[0][1])
@@ -190,7 +215,9 @@ def test_hf_lm_with_lora_pad_and_visual_tokens(tmp_path, feature_cache):
                                                               "targets": ["q_proj", "v_proj"]}
     assert e["resolved"]["lr_proj"] == 4e-4 and e["resolved"]["lr_lm"] == 8e-5
     assert any("no pad token" in note and "eos" in note for note in e["notes"])
-    assert e["visual_tokens"] == 8 and "layer -1" in e["visual"]
+    assert e["visual_tokens"] == 8 and "layer -1" in e["visual"] and e["resolved"]["num_beams"] == 2
+    # beam search stops at max_len + 1 new tokens: a generation never has more words than that
+    assert all(len(g.split()) <= 13 for g in rec.predictions["generated"])
     # LoRA: projection + adapters train, the base LM stays frozen
     n_lora = 2 * 8 * (32 + 32)  # q_proj and v_proj (32x32 each): A (8x32) + B (32x8)
     n_proj = 384 * 32 + 32

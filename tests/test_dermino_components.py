@@ -103,7 +103,7 @@ def test_schedule_endpoints():
 def test_param_groups_layer_decay_and_no_wd():
     from dermino_model.vit import MaskedViT, create_vit
 
-    vit = MaskedViT(create_vit("vit_base", 16, 64, layerscale=1e-5))
+    vit = MaskedViT(create_vit("custom", 16, 64, layerscale=1e-5, embed_dim=32, depth=12, num_heads=2))  # ViT-B layout
     named = [(f"backbone.{n}", p) for n, p in vit.named_parameters()] + [("dino_head.last_layer.v", torch.nn.Parameter(torch.zeros(1)))]
     groups = {g["name"]: g for g in param_groups(named, 12, 0.9, 0.2)}
     assert groups["backbone.vit.blocks.0.attn.qkv.weight"]["lr_mult"] == pytest.approx(0.9 ** 12)
@@ -231,3 +231,20 @@ def test_config_presets_file_and_bad_values(tmp_path):
         build_config("smoke", overrides={"batch_size_per_gpu": 1})
     with pytest.raises(DermbenchError, match="multiples of patch_size"):
         build_config("smoke", overrides={"local_size": 30})
+
+
+# ---------------------------------------------------------------- kNN probe + paired bootstrap
+def test_knn_scores_and_paired_bootstrap():
+    from dermino_model.evidence import paired_bootstrap
+    from dermino_model.monitor import knn_scores, macro_auroc
+
+    rng = np.random.default_rng(0)
+    y_bank, y = np.repeat(np.arange(3), 20), np.repeat(np.arange(3), 30)
+    centres = np.eye(3, 8) * 4
+    good = knn_scores(centres[y_bank] + rng.normal(size=(60, 8)), y_bank, centres[y] + rng.normal(size=(90, 8)), 3, k=10)
+    assert np.allclose(good.sum(1), 1) and macro_auroc(y, good) > 0.95
+    noise = rng.random((90, 3))
+    res = paired_bootstrap(y, good, noise, n_boot=200, seed=1)
+    assert res["diff"] > 0.3 and res["ci_low"] > 0 and res["p"] < 0.01
+    same = paired_bootstrap(y, good, good, n_boot=50)
+    assert same["diff"] == 0 and same["p"] == 1.0

@@ -20,10 +20,14 @@ BIN = Path(sys.executable).parent
 def site(tmp_path_factory) -> Path:
     """The example installed (not editable) into its own target folder, put on PYTHONPATH by the tests:
     the shared virtualenv is left untouched."""
+    import shutil
+
     target = tmp_path_factory.mktemp("site")
+    src = tmp_path_factory.mktemp("src") / PKG.name  # build from a copy: no build/ or egg-info in the repo
+    shutil.copytree(PKG, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--target", str(target), str(PKG)],
+         "--target", str(target), str(src)],
         check=True, capture_output=True, text=True, timeout=300,
     )
     assert (target / "dermbench_colour_hist" / "plugin.py").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import types
 from dataclasses import replace
 
-import pytest
 import torch
 
 import models_util  # noqa: F401  (HF_HUB_OFFLINE)

@@ -132,3 +132,22 @@ def test_preprocess_matches_published_processors():
     monet, _ = INFOS["monet"]
     assert monet.preprocess.mean == (0.485, 0.456, 0.406) and monet.preprocess.std == (0.229, 0.224, 0.225)
     assert (monet.image_size, monet.embed_dim, monet.patch_size) == (224, 768, 14)
+
+
+def test_patch_size_is_taken_from_config_with_a_warning(tmp_path):
+    from transformers import SiglipConfig, SiglipModel
+
+    cfg = SiglipConfig(
+        vision_config=dict(hidden_size=1152, intermediate_size=64, num_hidden_layers=1, num_attention_heads=16,
+                           image_size=448, patch_size=16),
+        text_config=dict(hidden_size=1152, intermediate_size=64, num_hidden_layers=1, num_attention_heads=16,
+                         vocab_size=len(WORDS), max_position_embeddings=64),
+    )
+    torch.manual_seed(0)
+    d = tmp_path / "medsiglip-p16"
+    SiglipModel(cfg).eval().save_pretrained(d)
+    with pytest.warns(UserWarning, match="patch_size 16, metadata says 14"):
+        bb = load_hf("medsiglip", weights=d)
+    assert bb.info.patch_size == 16
+    assert bb.patch_tokens(images(1, size=448), [-1])[0].shape == (1, 1152, 28, 28)
+    assert bb.embed(images(1, size=448)).shape == (1, 1152)

@@ -136,7 +136,7 @@ def load(kind: str, root: Any = None, **opts: Any) -> Dataset:
 def load_diagnosis(root: Any = None, *, n: int = 400, size: int = 224, seed: int = 0, split_seed: int = 0,
                    **opts: Any) -> Dataset:
     """``dermsynth``: options tone_contrast_gap (0-1, default 0.5), hair (probability), sites (1-4),
-    exposure_compensation (0-1, default 0.5; 1 with tone_contrast_gap=0 makes skin type a pure hue change)."""
+    exposure_compensation (0-1; default 1 - tone_contrast_gap, so that gap 0 is a no-gap null)."""
     return load("diagnosis", root, n=n, size=size, seed=seed, split_seed=split_seed, **opts)
 
 

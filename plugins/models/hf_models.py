@@ -137,7 +137,7 @@ INFOS: dict[str, tuple[ModelInfo, HFSpec]] = {
             capabilities=frozenset({"cls", "patch_tokens", "text"}),
             weights=("hf-hub:google/medsiglip-448",),
             license="Health AI Developer Foundations terms (gated)", commercial_use=False,
-            trained_on=("hai-def-medical-image-text (undisclosed; incl. dermatology)",),
+            trained_on=("hai-def-medical",),  # undisclosed medical image-text data, incl. dermatology
             citation="Sellergren et al., MedGemma Technical Report, arXiv:2507.05201",
             description="MedSigLIP-448: SigLIP-400M image/text encoders tuned on medical image-text data "
             "(radiology, dermatology, ophthalmology, pathology); 448 px. Commercial use only under the HAI-DEF terms",
@@ -167,12 +167,14 @@ INFOS: dict[str, tuple[ModelInfo, HFSpec]] = {
 }
 
 
-def _check_config(info: ModelInfo, cfg: dict[str, Any], path: Path) -> None:
-    """The directory's config must describe the declared model (embed dim, native size, patch size)."""
+def _check_config(info: ModelInfo, cfg: dict[str, Any], path: Path) -> ModelInfo:
+    """The directory's config must describe the declared model: embed dim and native size are refused when
+    they differ (features and preprocessing would be wrong); a different patch size is taken from the
+    config with a warning (it only changes the token grid)."""
     v = cfg.get("vision_config", {})
     dim = cfg.get("projection_dim") if cfg.get("model_type") == "clip" else v.get("hidden_size")
-    found = {"embed_dim": dim, "image_size": v.get("image_size"), "patch_size": v.get("patch_size")}
-    want = {"embed_dim": info.embed_dim, "image_size": info.image_size, "patch_size": info.patch_size}
+    found = {"embed_dim": dim, "image_size": v.get("image_size")}
+    want = {"embed_dim": info.embed_dim, "image_size": info.image_size}
     bad = {k: (found[k], want[k]) for k in want if found[k] is not None and found[k] != want[k]}
     if bad:
         raise DermbenchError(
@@ -180,6 +182,14 @@ def _check_config(info: ModelInfo, cfg: dict[str, Any], path: Path) -> None:
             + ", ".join(f"{k}={a} (expected {b})" for k, (a, b) in bad.items())
             + ". Is this the right model directory?"
         )
+    patch = v.get("patch_size")
+    if patch is not None and patch != info.patch_size:
+        import warnings
+
+        warnings.warn(f"{info.name}: config.json has patch_size {patch}, metadata says {info.patch_size}; using {patch}",
+                      stacklevel=3)
+        info = replace(info, patch_size=int(patch))
+    return info
 
 
 def load_hf(name: str, weights: Any = None, device: str = "cpu", seed: int = 0, check_config: bool = True,
@@ -201,7 +211,7 @@ def load_hf(name: str, weights: Any = None, device: str = "cpu", seed: int = 0, 
         )
     cfg = json.loads((path / "config.json").read_text())
     if check_config:
-        _check_config(info, cfg, path)
+        info = _check_config(info, cfg, path)
     model = _from_pretrained(spec, path)
     return HFImageTextBackbone(info, model, res.weights_id, spec, path).to(device)
 

@@ -98,7 +98,7 @@ class OpenClipBackbone(BaseBackbone):
             x, indices=uniq, normalize_intermediates=True, intermediates_only=True, output_fmt="NCHW"
         )
         maps = out["image_intermediates"] if isinstance(out, dict) else out
-        by = dict(zip(uniq, maps))
+        by = dict(zip(uniq, maps, strict=True))
         return [by[i] for i in idx]
 
     # -- text ----------------------------------------------------------------------------------------

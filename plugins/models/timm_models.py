@@ -140,7 +140,7 @@ def load_timm(info: ModelInfo, spec: TimmSpec, weights: Any = None, device: str 
             raise DermbenchError(f"model {info.name!r} is a random-init baseline; it takes no --weights (use --seed)")
         model = create_timm(spec.arch, seed=seed, **kwargs)
         return TimmBackbone(info, model, f"random:{seed}").to(device)
-    hub = HubSource(spec.hub_repo) if spec.hub_repo else None
+    hub = HubSource(spec.hub_repo, files=("model.safetensors", "pytorch_model.bin")) if spec.hub_repo else None
     res = resolve_weights(info, weights, hub=hub)
     model = create_timm(spec.arch, seed=0, **kwargs)
     raw = read_checkpoint(res.path)

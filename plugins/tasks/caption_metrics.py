@@ -208,23 +208,42 @@ def _score_tokenized(gts, res, keys, refs, raw_hyps, meteor: bool) -> CaptionSco
     return CaptionScores(per, corpus, stats, [res[k][0] for k in keys], [gts[k] for k in keys])
 
 
-def corpus_bleu_ci(stats: Any, *, split_hash: str, seed: int, n_boot: int = 1000, alpha: float = 0.05,
-                   n: int = 4) -> dict[str, Any]:
-    """Corpus BLEU-n with a percentile CI by bootstrap over captions, on the runner's resamples.
+def corpus_bleu_metrics() -> list[Any]:
+    """``corpus_bleu1`` ... ``corpus_bleu4`` as statistics-engine metrics (bootstrap CIs, paired tests, BCa).
 
-    The resamples come from (split hash, seed) as for every other metric, so the intervals of two models on
-    the same split are paired.
+    Each is a function of the summed per-caption sufficient statistics ``predictions["bleu_stats"]`` (n, 10),
+    so a replicate is one matrix product (``W @ stats``), exactly like the engine's count metrics.
     """
     import numpy as np
 
-    from dermbench.stats import bootstrap_indices
+    from dermbench import stats
 
-    stats = np.asarray(stats, dtype=np.float64)
-    idx = bootstrap_indices(split_hash, seed, len(stats), n_boot)
-    W = np.zeros((n_boot, len(stats)))
-    np.add.at(W, (np.repeat(np.arange(n_boot), idx.shape[1]), idx.ravel()), 1.0)
-    reps = corpus_bleu_from_stats(W @ stats, n)
-    value = float(corpus_bleu_from_stats(stats.sum(axis=0), n))
-    lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
-    return {"value": value, "ci_low": float(lo), "ci_high": float(hi), "n_boot": n_boot, "ci_method": "percentile",
-            "note": "corpus BLEU (pycocoevalcap, 'closest' reference length), bootstrap over captions"}
+    def features(p: Any, m: str) -> Any:
+        x = p.array("bleu_stats", m)
+        if x.ndim != 2 or x.shape[1] != len(BLEU_STAT_COLUMNS):
+            raise DermbenchError(
+                f"predictions['bleu_stats'] must be (n, {len(BLEU_STAT_COLUMNS)}) with columns "
+                f"{', '.join(BLEU_STAT_COLUMNS)}; got shape {x.shape}"
+            )
+        return np.concatenate([np.ones((p.n, 1)), x], axis=1)
+
+    out = []
+    for n in (1, 2, 3, 4):
+        def finalize(p: Any, S: Any, n: int = n) -> tuple[Any, None]:
+            return corpus_bleu_from_stats(np.asarray(S)[:, 1:], n), None
+
+        out.append(stats._linear_metric(
+            f"corpus_bleu{n}", ("bleu_stats",), features, finalize,
+            description=f"corpus BLEU-{n} (pycocoevalcap, 'closest' reference length) from per-caption n-gram "
+            "statistics; resampled over captions",
+            reference=f"pycocoevalcap Bleu(4).compute_score(gts, res)[0][{n - 1}]",
+        ))
+    return out
+
+
+def register_metrics() -> None:
+    """Add the corpus BLEU metrics to ``dermbench.stats.METRICS`` (idempotent)."""
+    from dermbench import stats
+
+    for m in corpus_bleu_metrics():
+        stats.METRICS.setdefault(m.name, m)

@@ -11,10 +11,12 @@ Scoring (:mod:`caption_metrics`) is offline: pycocoevalcap's PTB tokenizer, BLEU
 CIDEr, plus rouge-score's ROUGE-1/2. Hugging Face ``evaluate`` is deliberately not used: it downloads its
 metric scripts from the hub at run time, so it fails offline and its numbers depend on the script version
 served that day. Per-caption scores go into the predictions (``bleu1`` ... ``rouge2``) and are scored by the
-runner as ``mean:<key>`` metrics with bootstrap CIs (paired across models); pycocoevalcap's corpus-level
-values (corpus BLEU, METEOR's aggregate, CIDEr) go to ``extra["corpus"]``, corpus BLEU-4 with a CI from a
-bootstrap over captions. Note that mean sentence BLEU (``mean:bleu4``) is not corpus BLEU-4; ``mean:cider``
-and ``mean:rougeL`` equal their corpus values.
+runner as ``mean:<key>`` metrics with bootstrap CIs (paired across models). Corpus BLEU-4 is
+the metric ``corpus_bleu4`` (``corpus_bleu1..4`` are registered in ``dermbench.stats.METRICS``), resampled
+over captions through per-caption n-gram statistics (``predictions["bleu_stats"]``). pycocoevalcap's own
+corpus-level values (corpus BLEU-1..4, METEOR's aggregate, CIDEr) go to ``extra["corpus"]``. Mean sentence
+BLEU (``mean:bleu4``) is not corpus BLEU-4, nor is ``mean:meteor`` METEOR's aggregate; ``mean:cider`` and
+``mean:rougeL`` equal their corpus values.
 
 Baseline: every test image gets the caption of its nearest training image (cosine on the same features), scored
 the same way; ``extra["retrieval_baseline"]`` holds its scores and paired bootstrap differences
@@ -32,7 +34,7 @@ from dermbench import hookimpl
 from dermbench.api import DermbenchError, TaskInfo, TaskOutput
 
 PER_CAPTION_KEYS = ("bleu1", "bleu2", "bleu4", "meteor", "rougeL", "cider", "rouge1", "rouge2")
-METRICS = tuple(f"mean:{k}" for k in PER_CAPTION_KEYS)
+METRICS = tuple(f"mean:{k}" for k in PER_CAPTION_KEYS) + ("corpus_bleu4",)
 _NEEDS = ("transformers", "tokenizers", "pycocoevalcap", "rouge_score")
 _MISSING = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
 
@@ -59,7 +61,7 @@ DEFAULTS = {
     "tiny_dim": 128,
     "tiny_layers": 2,
     "prompt": "",
-    "max_len": 64,
+    "max_len": 96,
     "num_beams": 1,
     "meteor": True,
     "train_split": "train",
@@ -218,18 +220,17 @@ class Captioning:
         preds = {"ids": ids, "generated": generated, "reference": cap_te, "retrieved": retrieved,
                  "retrieved_from": [train.ids[i] for i in nn_idx],
                  **{k: v for k, v in gen.per_caption.items()}, "bleu_stats": gen.bleu_stats}
-        metrics = [f"mean:{k}" for k in gen.per_caption]
-        base_preds = {"ids": ids, **base.per_caption}
+        M.register_metrics()
+        metrics = [f"mean:{k}" for k in gen.per_caption] + ["corpus_bleu4"]
+        base_preds = {"ids": ids, **base.per_caption, "bleu_stats": base.bleu_stats}
         paired = {}
-        for k in gen.per_caption:
-            r = stats.paired_test(preds, base_preds, f"mean:{k}", split_hash=test.hash, seed=ctx.seed, n_boot=1000)
-            paired[k] = {key: r[key] for key in ("diff", "value_a", "value_b", "ci_low", "ci_high", "p_value")}
+        for name in metrics:
+            r = stats.paired_test(preds, base_preds, name, split_hash=test.hash, seed=ctx.seed, n_boot=1000)
+            paired[name] = {key: r[key] for key in ("diff", "value_a", "value_b", "ci_low", "ci_high", "p_value")}
         corpus_gen = dict(gen.corpus)
-        corpus_gen["bleu4_ci"] = M.corpus_bleu_ci(gen.bleu_stats, split_hash=test.hash, seed=ctx.seed)
         corpus_base = dict(base.corpus)
-        corpus_base["bleu4_ci"] = M.corpus_bleu_ci(base.bleu_stats, split_hash=test.hash, seed=ctx.seed)
-        better = sorted(k for k, r in paired.items() if r["diff"] > 0 and r["ci_low"] > 0)
-        worse = sorted(k for k, r in paired.items() if r["diff"] < 0 and r["ci_high"] < 0)
+        better = [k for k, r in paired.items() if r["diff"] > 0 and r["ci_low"] > 0]
+        worse = [k for k, r in paired.items() if r["diff"] < 0 and r["ci_high"] < 0]
         verdict = (f"generation beats nearest-neighbour retrieval on {', '.join(better) or 'no metric'} "
                    f"(95% paired bootstrap CI of the difference above 0); retrieval beats generation on "
                    f"{', '.join(worse) or 'no metric'}; the rest are not distinguishable on {len(ids)} test captions")
@@ -254,7 +255,8 @@ class Captioning:
                 "bleuN = pycocoevalcap sentence BLEU, meteor = METEOR 1.5 segment score, rougeL/cider = "
                 "pycocoevalcap, rouge1/rouge2 = rouge-score F (Porter stemmer)",
                 "corpus": "extra.corpus: pycocoevalcap corpus BLEU-1..4 and METEOR aggregate (not means of "
-                "per-caption scores); rougeL/cider/rouge1/rouge2 corpus = per-caption means",
+                "per-caption scores); rougeL/cider/rouge1/rouge2 corpus = per-caption means; metric "
+                "corpus_bleu4 = corpus BLEU-4 with a CI from resampling captions",
             },
             "retrieval_baseline": {
                 "description": "caption of the nearest training image (cosine on the same raw features)",
@@ -306,3 +308,7 @@ class Captioning:
 @hookimpl
 def register_tasks(register):
     register(INFO, Captioning)
+    if INFO.available:  # corpus_bleu1..4 for the statistics engine (imports numpy only, no torch)
+        from dermbench_plugins.tasks.caption_metrics import register_metrics
+
+        register_metrics()

@@ -24,13 +24,18 @@ Engines (``engine`` option):
   no dashboard, ``num_gpus=0``).
 * ``loopback`` -- a real deployment on 127.0.0.1: one ``flower-superlink`` and one ``flower-supernode`` per
   site as separate processes on free ports, the run submitted with ``flwr run``, everything stopped after
-  (``fl_deploy.LoopbackFederation``). Across hospitals the same commands run with TLS and real addresses::
+  (``fl_deploy.LoopbackFederation``). Across hospitals the same pieces run with TLS and real addresses
+  (flwr 1.41: the SuperLink serves Fleet, Control and runtime APIs on one ``--host/--port``)::
 
-      flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile server.pem --ssl-keyfile server.key
-      flower-supernode --superlink <link-host>:9092 --root-certificates ca.crt \\
-                       --node-config 'data-file="/data/site-a/client.npz"'         # at every hospital
-      flwr run <app-dir> <connection>      # app-dir: fl_deploy.write_app(...); components
-                                           # dermbench_plugins.tasks.fl_app:server_app / :client_app
+      # coordinating server
+      flower-superlink --host 0.0.0.0 --port 9092 --ssl-ca-certfile ca.crt --ssl-certfile server.pem \\
+                       --ssl-keyfile server.key --disable-runtime-dependency-installation
+      # at every hospital, next to its own feature file (written by write_client_files)
+      flower-supernode --superlink link.example.org:9092 --root-certificates ca.crt \\
+                       --node-config 'data-file="/data/site-a/client.npz"'
+      # submit: app dir from fl_deploy.write_app(dir, run_config(...)); connection "fl" in
+      # $FLWR_HOME/config.toml: [superlink.fl] address = "link.example.org:9092", root-certificates = "ca.crt"
+      flwr run <app-dir> fl --stream
 
 Bad input, defined behaviour (recorded in ``extra["sites"]`` / ``extra["excluded_sites"]``):
 

@@ -241,10 +241,9 @@ def serve(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
     f_train, f_eval = float(cfg["fraction-train"]), float(cfg["fraction-evaluate"])
     kwargs: dict[str, Any] = dict(
         fraction_train=f_train, fraction_evaluate=f_eval,
-        # Flower sizes the sample from the nodes connected *now*; pinning the minimum to the expected
-        # count keeps fractions exact even when a node connects late
-        min_train_nodes=max(1, int(f_train * n_clients)), min_evaluate_nodes=max(1, int(f_eval * n_clients)) if f_eval > 0 else 0,
-        min_available_nodes=n_clients,
+        # Flower sizes each sample from the nodes online *now* (all of them: _wait_for_nodes above) and
+        # blocks until `min_*` nodes are online; minimums of 1 keep a federation going when a site drops out
+        min_train_nodes=1, min_evaluate_nodes=1 if f_eval > 0 else 0, min_available_nodes=1,
     )
     if cfg["strategy"] == "fedprox":
         kwargs["proximal_mu"] = float(cfg["proximal-mu"])

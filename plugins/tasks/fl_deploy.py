@@ -131,8 +131,10 @@ class LoopbackFederation:
             f'address = "127.0.0.1:{self.link_port}"\ninsecure = true\n'
         )
         try:
-            link = self._spawn("superlink", [_exe("flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                             "--port", str(self.link_port), "--disable-runtime-dependency-installation"])
+            link = self._spawn("superlink", [
+                _exe("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.link_port),
+                "--disable-runtime-dependency-installation",
+            ])
             _wait_port(self.link_port, link, self.startup_timeout, self.logs / "superlink.log")
             for i, f in enumerate(self.client_files):
                 port = free_port()

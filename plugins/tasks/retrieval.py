@@ -1,19 +1,27 @@
-"""kNN retrieval on frozen features: cosine similarity, k nearest training images, majority vote (DermINO)."""
+"""kNN retrieval on frozen features: cosine similarity, k nearest training images, majority vote (DermINO).
+
+With ``train_fraction`` or ``shots`` the gallery is a seeded label subset (``draws`` per setting) and the
+label-efficiency curve goes into ``extra['label_efficiency']`` (see label_efficiency.py).
+"""
 
 from __future__ import annotations
 
 from dermbench import hookimpl
 from dermbench.api import TaskInfo, TaskOutput
-from dermbench_plugins.tasks._classification import CLS_METRICS, check_train_classes, labelled, n_classes, predictions
+from dermbench_plugins.tasks._classification import (
+    CLASSIFICATION_METRICS, calibration_artifacts, check_train_classes, labelled, n_classes, predictions,
+)
+from dermbench_plugins.tasks.label_efficiency import CURVE_DEFAULTS, CURVE_KEY, curve_output, parse_settings
 
 INFO = TaskInfo(
     name="retrieval",
-    description="cosine kNN on frozen embeddings, k=5 majority vote; scores = vote fractions (DermINO protocol)",
+    description="cosine kNN on frozen embeddings, k=5 majority vote; scores = vote fractions (DermINO protocol); "
+    "train_fraction=[...] / shots=[...] with draws=N give a label-efficiency curve",
     requires=frozenset({"labels"}),
     capabilities=frozenset({"cls"}),
-    metrics=CLS_METRICS,
+    metrics=CLASSIFICATION_METRICS,
     primary_metric="auroc_macro",
-    defaults={"k": 5, "train_split": "train", "test_split": "test"},
+    defaults={"k": 5, "train_split": "train", "test_split": "test", **CURVE_DEFAULTS},
 )
 
 
@@ -48,8 +56,11 @@ def knn_predict(train_x, train_y, test_x, k: int, n_cls: int, chunk: int = 1024)
 class Retrieval:
     info = INFO
 
-    def __init__(self, k: int = 5, train_split: str = "train", test_split: str = "test"):
+    def __init__(self, k: int = 5, train_split: str = "train", test_split: str = "test", train_fraction=None,
+                 shots=None, draws: int = 5, curve_boot: int = 1000):
         self.k, self.train_split, self.test_split = int(k), train_split, test_split
+        self.settings = parse_settings(train_fraction, shots, "retrieval")
+        self.draws, self.curve_boot = int(draws), int(curve_boot)
 
     def run(self, ctx) -> TaskOutput:
         train, test = ctx.split(self.train_split), ctx.split(self.test_split)
@@ -57,9 +68,17 @@ class Retrieval:
         C = n_classes(test)
         check_train_classes(ytr, C, train)
         xtr, xte = ctx.features(train), ctx.features(test)
-        scores, y_pred = knn_predict(xtr, ytr, xte, self.k, C)
-        return TaskOutput(predictions(test, yte, scores, y_pred), list(CLS_METRICS), test,
-                          extra={"k": self.k, "n_train": len(train)})
+        extra: dict = {"k": self.k, "n_train": len(train)}
+        if self.settings:
+            curve, scores, y_pred = curve_output(
+                ctx, train, test, ytr, yte, lambda pos: knn_predict(xtr[pos], ytr[pos], xte, self.k, C),
+                self.settings, draws=self.draws, n_boot=self.curve_boot, metrics=CLASSIFICATION_METRICS)
+            extra[CURVE_KEY] = curve
+        else:
+            scores, y_pred = knn_predict(xtr, ytr, xte, self.k, C)
+        arts = calibration_artifacts(ctx, yte, scores)
+        return TaskOutput(predictions(test, yte, scores, y_pred), list(CLASSIFICATION_METRICS), test,
+                          extra=extra, artifacts=arts)
 
 
 @hookimpl

@@ -62,6 +62,17 @@ INFO = TaskInfo(
     defaults=DEFAULTS,
 )
 
+#: the UperNet protocol as its own task name, so linear and UperNet results are separate cells (and columns)
+INFO_UPERNET = TaskInfo(
+    name="segmentation-upernet",
+    description="lesion segmentation with a UperNet head on 4 evenly spaced blocks (otherwise as `segmentation`)",
+    requires=INFO.requires,
+    capabilities=INFO.capabilities,
+    metrics=INFO.metrics,
+    primary_metric=INFO.primary_metric,
+    defaults={**DEFAULTS, "head": "upernet"},
+)
+
 EMPTY_POLICY = "both masks empty -> 1 (correct 'no lesion'); only one empty -> 0"
 
 
@@ -493,3 +504,4 @@ def _as_bool(v: Any, name: str) -> bool:
 @hookimpl
 def register_tasks(register):
     register(INFO, Segmentation)
+    register(INFO_UPERNET, Segmentation)
