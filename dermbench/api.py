@@ -397,8 +397,11 @@ class TaskContext(Protocol):
     device: str
     params: dict[str, Any]  # task parameters after defaults (recorded in the result's config)
     out_dir: Path  # per-cell directory for artifacts (overlays, plots); created on demand
+    n_boot: int  # bootstrap replicates of the run, for CIs a task computes itself (secondary numbers in extra)
 
     def split(self, name: str) -> Split: ...
+
+    def load_dataset(self, name: str) -> Dataset: ...  # another registered dataset with the run's root/options
 
     def features(self, split: Split) -> "np.ndarray": ...  # (n, D) float32, from Backbone.embed
 

@@ -21,9 +21,10 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_")
 
 
-def fairness_series(records: Iterable[Any], metric: str = "auroc_macro", task: str = "fairness"
+def fairness_series(records: Iterable[Any], metric: str = "auto", task: str = "fairness"
                     ) -> dict[tuple[str, str], dict[str, Any]]:
-    """{(dataset, attribute): {"groups": [...], "sizes": {group: n}, "models": {model: {group: (v, lo, hi)}}}}."""
+    """{(dataset, attribute): {"metric", "groups": [...], "sizes": {group: n}, "too_small": {group: status},
+    "models": {model: {group: (value, ci_low, ci_high)}}}} from the records' ``extra["attributes"]``."""
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for rec in sorted(records, key=lambda r: (_get(r, "dataset"), _get(r, "model"), _get(r, "seed"))):
         if _get(rec, "task") != task:
@@ -35,9 +36,11 @@ def fairness_series(records: Iterable[Any], metric: str = "auroc_macro", task: s
             if model in s["models"]:
                 continue  # lowest seed first, as in the leaderboard
             vals: dict[str, tuple[float | None, float | None, float | None]] = {}
+            name = metric if metric != "auto" else _auto_metric(tab)
+            s.setdefault("metric", name)
             for g, info in (tab.get("groups") or {}).items():
                 s["sizes"][g] = info.get("n")
-                m = (info.get("metrics") or {}).get(metric)
+                m = (info.get("metrics") or {}).get(name)
                 if info.get("status") != "scored" or m is None:
                     s["too_small"][g] = info.get("status", "")
                     continue
@@ -50,10 +53,19 @@ def fairness_series(records: Iterable[Any], metric: str = "auroc_macro", task: s
     return out
 
 
-def fairness_plot(records: Iterable[Any], out_dir: Path, metric: str = "auroc_macro", task: str = "fairness"
+def _auto_metric(tab: dict[str, Any]) -> str:
+    """AUROC for classification bases, else the first per-group metric (Dice for segmentation)."""
+    names: list[str] = []
+    for info in (tab.get("groups") or {}).values():
+        names += [k for k in (info.get("metrics") or {}) if k not in names]
+    return "auroc_macro" if "auroc_macro" in names or not names else names[0]
+
+
+def fairness_plot(records: Iterable[Any], out_dir: Path, metric: str = "auto", task: str = "fairness"
                   ) -> list[Path]:
     """Write ``fairness_<dataset>_<attribute>.{png,svg}``: per-group ``metric`` with 95% CIs, one line per model.
 
+    ``metric='auto'``: AUROC for classification bases, Dice (the first per-group metric) for segmentation.
     Groups below the minimum size are not plotted (they are named in the subtitle). Returns the files.
     """
     import matplotlib
@@ -84,10 +96,10 @@ def fairness_plot(records: Iterable[Any], out_dir: Path, metric: str = "auroc_ma
             ax.errorbar(xs, v, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=model, lw=1.4)
         ax.set_xticks(x, [f"{g}\n(n={s['sizes'].get(g)})" for g in groups], fontsize=8)
         ax.set_xlabel(attr)
-        ax.set_ylabel(metric)
+        ax.set_ylabel(s.get("metric", metric))
         ax.grid(axis="y", alpha=0.3)
         small = ", ".join(f"{g} (n={s['sizes'].get(g)})" for g in sorted(s["too_small"], key=_natural))
-        title = f"{task} on {dataset}: {metric} per {attr} group (95% CI)"
+        title = f"{task} on {dataset}: {s.get('metric', metric)} per {attr} group (95% CI)"
         if small:
             title += f"\nnot scored (too small): {small}"
         ax.set_title(title, fontsize=9)

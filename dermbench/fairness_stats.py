@@ -221,9 +221,10 @@ def equalized_odds(p: Any, W: np.ndarray, codes: np.ndarray, k: int, what: str =
 
     def gap(a: np.ndarray) -> np.ndarray:
         ok = np.isfinite(a).sum(axis=0) >= 2
-        with np.errstate(all="ignore"):
-            hi, lo = np.nanmax(np.where(np.isfinite(a), a, -np.inf), axis=0), np.nanmin(np.where(np.isfinite(a), a, np.inf), axis=0)
-        return np.where(ok, hi - lo, np.nan)
+        fin = np.isfinite(a)
+        hi, lo = np.where(fin, a, -np.inf).max(axis=0), np.where(fin, a, np.inf).min(axis=0)
+        with np.errstate(invalid="ignore"):
+            return np.where(ok, hi - lo, np.nan)
 
     tpr_gap, fpr_gap = gap(tpr[:, :, classes]), gap(fpr[:, :, classes])
     per_class = np.fmax(tpr_gap, fpr_gap)  # NaN only where both are undefined
@@ -402,7 +403,7 @@ def gap_test(predictions: Any, attribute: str, metric: str, *, n_perm: int = 100
         raise stats.UndefinedMetric(f"gap of {metric} on {attribute} is undefined on the full split")
     members = np.flatnonzero(codes >= 0)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6A9, len(members), int(n_perm)]))
-    perm_codes = np.full((n_perm, p.n), -1, dtype=np.int64)
+    perm_codes = np.full((n_perm, p.n), -1, dtype=np.int16 if k < 2**15 else np.int64)
     base = codes[members]
     for i in range(n_perm):
         perm_codes[i, members] = rng.permutation(base)

@@ -65,6 +65,9 @@ class Entry:
     tie: bool = False  # not significantly different from the best
     unpaired: bool = False
     rank: float | None = None
+    seed_mean: float | None = None  # over all seeds' stored values, when a cell was run with several seeds
+    seed_sd: float | None = None
+    n_seeds: int = 1
     reps: np.ndarray | None = field(default=None, repr=False)
 
 
@@ -100,7 +103,7 @@ def overlap(model_info: dict[str, Any], dataset: str, dataset_info: dict[str, An
 # Building
 
 
-def _records(results_dir: Path, tasks, datasets, models, commercial_only: bool) -> list[Any]:
+def _records(results_dir: Path, tasks, datasets, models, commercial_only: bool) -> tuple[list[Any], dict]:
     from dermbench.results import load_records
 
     recs = load_records(Path(results_dir))
@@ -123,11 +126,14 @@ def _records(results_dir: Path, tasks, datasets, models, commercial_only: bool) 
             f"models {sorted({r.model for r in recs})}, tasks {sorted({r.task for r in recs})}, "
             f"datasets {sorted({r.dataset for r in recs})}"
         )
-    # one record per (model, task, dataset): the lowest seed, so that columns pair on the same seed
+    # one record per (model, task, dataset): the lowest seed, so that columns pair on the same seed; the
+    # stored values of every seed are kept for the mean ± SD over seeds
     best: dict[tuple[str, str, str], Any] = {}
+    by_seed: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
     for r in sorted(sel, key=lambda r: r.seed):
         best.setdefault((r.model, r.task, r.dataset), r)
-    return list(best.values())
+        by_seed.setdefault((r.model, r.task, r.dataset), {})[r.seed] = r.metrics
+    return list(best.values()), by_seed
 
 
 def _n_boot(rec: Any, metric: str) -> int:
@@ -158,22 +164,42 @@ def _score_entry(rec: Any, metric: str, ci: str, prepared: Any) -> Entry:
         e.note = f"cannot score: {err}"
         return e
     e.value, e.ci_low, e.ci_high, e.note, e.reps = res["value"], res["ci_low"], res["ci_high"], res["note"], reps
+    stored = (rec.metrics.get(metric) or {}).get("value")
+    if stored is not None and abs(float(stored) - e.value) > 1e-9:
+        e.note = "; ".join(filter(None, [e.note, f"record stored {stored:.6g}; re-scored by this dermbench as {e.value:.6g}"]))
     return e
 
 
-def _build(records: list[Any], ci: str, correction: str) -> tuple[list[Column], dict[str, Any]]:
+def _stored_entry(rec: Any, metric: str) -> Entry:
+    """A metric dermbench.stats does not know: the record's own value and CI, no paired test."""
+    d = rec.metrics.get(metric) or {}
+    e = Entry(rec.model, d.get("value"), d.get("ci_low"), d.get("ci_high"), rec.seed, str(rec.split.get("hash", "")),
+              int(d.get("n") or 0), int(d.get("n_boot") or 0))
+    e.note = (f"{metric!r} is not registered in dermbench.stats here: stored value and CI "
+              f"({d.get('ci_method', '?')}) shown, not re-scored, no paired test")
+    e.unpaired = True
+    return e
+
+
+def _build(records: list[Any], ci: str, correction: str, seed_metrics: dict | None = None) -> tuple[list[Column], dict[str, Any]]:
     by_col: dict[tuple[str, str, str], Column] = {}
+    seed_metrics = seed_metrics or {}
     for rec in sorted(records, key=lambda r: (r.task, r.dataset, r.model)):
         prepared = stats.prepare(rec.predictions)
         for metric in rec.metrics:
             try:
                 m = stats.get_metric(metric)
             except DermbenchError:
-                continue  # a metric this stats engine does not know cannot be bootstrapped: left out
+                m = None  # registered by a plugin not loaded here: shown as stored, without a test
             col = by_col.setdefault(
-                (rec.task, rec.dataset, metric), Column(rec.task, rec.dataset, metric, m.higher_is_better)
+                (rec.task, rec.dataset, metric),
+                Column(rec.task, rec.dataset, metric, True if m is None else m.higher_is_better),
             )
-            col.entries[rec.model] = _score_entry(rec, metric, ci, prepared)
+            e = col.entries[rec.model] = _score_entry(rec, metric, ci, prepared) if m else _stored_entry(rec, metric)
+            vals = [d[metric]["value"] for d in seed_metrics.get((rec.model, rec.task, rec.dataset), {}).values()
+                    if (d.get(metric) or {}).get("value") is not None]
+            if len(vals) > 1:
+                e.n_seeds, e.seed_mean, e.seed_sd = len(vals), float(np.mean(vals)), float(np.std(vals, ddof=1))
     columns = [by_col[k] for k in sorted(by_col, key=_column_order(records))]
     # best per column, paired tests vs the best
     tests: list[tuple[Column, str]] = []
@@ -189,6 +215,9 @@ def _build(records: list[Any], ci: str, correction: str) -> tuple[list[Column], 
         ref = valid[sorted(mname for mname, e in valid.items() if e.best)[0]]
         for mname, e in valid.items():
             if e.best:
+                continue
+            if e.unpaired or e.reps is None or ref.reps is None:
+                e.unpaired = True
                 continue
             if (e.split_hash, e.seed, e.n, e.n_boot) != (ref.split_hash, ref.seed, ref.n, ref.n_boot):
                 e.unpaired = True
@@ -290,6 +319,8 @@ def _cell_text(e: Entry | None, *, markdown: bool) -> str:
         s += f" {TIE_MARK}"
     if e.unpaired:
         s += f" {UNPAIRED_MARK}"
+    if e.n_seeds > 1:
+        s += f" (seeds: {_fmt(e.seed_mean)} ± {_fmt(e.seed_sd)}, k={e.n_seeds})"
     return s
 
 
@@ -410,7 +441,7 @@ def to_json(columns, ranks, meta, models, notes, settings) -> dict[str, Any]:
                     c.key: {
                         k: getattr(e, k)
                         for k in ("value", "ci_low", "ci_high", "best", "p", "p_adj", "tie", "unpaired", "rank",
-                                  "seed", "split_hash", "n", "n_boot", "note")
+                                  "seed", "split_hash", "n", "n_boot", "n_seeds", "seed_mean", "seed_sd", "note")
                     }
                     for c in columns
                     if (e := c.entries.get(m)) is not None
@@ -627,8 +658,8 @@ def build_leaderboard(
         raise DermbenchError(f"unknown CI method {ci!r}; choose one of {', '.join(stats.CI_METHODS)}")
     if correction not in ("holm", "bh", "none"):
         raise DermbenchError(f"unknown correction {correction!r}; choose holm, bh or none")
-    records = _records(Path(results_dir), tasks, datasets, models, commercial_only)
-    columns, ranks = _build(records, ci, correction)
+    records, seed_metrics = _records(Path(results_dir), tasks, datasets, models, commercial_only)
+    columns, ranks = _build(records, ci, correction, seed_metrics)
     meta = _model_meta(records)
     order = _row_order(meta, ranks)
     notes = _notes(ci, correction, columns, records)
@@ -692,6 +723,13 @@ def compare(
     pa, pb = stats.prepare(ra.predictions), stats.prepare(rb.predictions)
     results = []
     for mname in metrics:
+        try:
+            stats.get_metric(mname)
+        except DermbenchError as e:
+            if metric:
+                raise
+            results.append({"metric": mname, "diff": None, "p_value": None, "note": f"not compared: {e}"})
+            continue
         try:
             r = stats.paired_test(pa, pb, mname, split_hash=str(ha), seed=ra.seed, n_boot=_n_boot(ra, mname),
                                   test=test, ci=ci, strata=_strata(ra))

@@ -163,9 +163,14 @@ class CellContext:
         self.device = runner.opts.device
         self.params = params
         self.out_dir = out_dir
+        self.n_boot = runner.opts.n_boot  # tasks reporting their own secondary CIs use the run's setting
 
     def split(self, name: str) -> Split:
         return self.dataset.split(name)
+
+    def load_dataset(self, name: str) -> Dataset:
+        """Another registered dataset, loaded with the run's --data-root/options (e.g. one FL site per dataset)."""
+        return self._runner.dataset(name)
 
     def backbone(self) -> Backbone:
         return self._runner.backbone(self.model_name)

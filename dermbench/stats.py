@@ -7,15 +7,17 @@ point estimate and on every replicate).
 How replicates are computed
 ---------------------------
 A bootstrap replicate is a multiset of sample positions. We turn the index matrix ``idx`` (B, n) into a
-multiplicity matrix ``W`` (B, n) (``W[b, i]`` = how often sample i was drawn in replicate b) and express
-every metric as a function of ``W``:
+small-integer multiplicity matrix ``W`` (B, n) (``W[b, i]`` = how often sample i was drawn in replicate b;
+:class:`Resamples` computes it once per split and shares it across metrics and models) and express every
+metric as a function of ``W``, processed in cache-sized blocks of replicates:
 
 * count/mean metrics (accuracy, balanced accuracy, macro F1, ECE, Brier, Dice, Jaccard, ``mean:<key>``) are
   ratios of sufficient statistics ``W @ F`` for a per-sample feature matrix ``F`` (one BLAS matmul for all
   replicates);
 * macro AUROC is rank based: after one sort of the negatives per class, the Mann-Whitney numerator of a
   replicate is ``sum_pos w_i * (negative weight below s_i + half the tied negative weight)``, a cumulative sum
-  over the sorted negatives gathered at precomputed ``searchsorted`` positions -- O(B n) per class, ties exact.
+  over the sorted negatives gathered at precomputed ``searchsorted`` positions -- O(B n) per class, ties exact,
+  in integer arithmetic (twice the numerator), so the only rounding is the final division.
 
 The point estimate is the same function at ``W = 1`` and jackknife (leave-one-out) values, needed for BCa,
 come in closed form, so no metric is ever computed twice by different code.
@@ -223,8 +225,19 @@ class _Prepared:
                 "every per-sample array must have one entry per id"
             )
         if key in ("y_true", "y_pred"):
-            if arr.ndim != 1 or (arr.size and not np.all(np.equal(np.mod(arr.astype(float), 1), 0))):
-                raise DermbenchError(f"predictions[{key!r}] must be a 1-D array of integer class indices")
+            if arr.ndim != 1:
+                raise DermbenchError(f"predictions[{key!r}] must be a 1-D array of class indices, got shape {arr.shape}")
+            try:
+                f = arr.astype(float)
+            except (TypeError, ValueError):
+                f = np.array([np.nan if not isinstance(v, (int, float, np.number)) else float(v) for v in arr])
+            bad = ~(np.isfinite(f) & (np.mod(f, 1) == 0)) if f.size else np.zeros(0, bool)
+            if bad.any():
+                raise DermbenchError(
+                    f"predictions[{key!r}] must hold integer class indices; {int(bad.sum())} of {self.n} are "
+                    f"missing or not integers (ids: {self._ids_where(bad)}, values: {arr[bad][:3].tolist()}); "
+                    "drop unlabelled samples from the test split before scoring"
+                )
             arr = arr.astype(np.int64)
             if arr.size and arr.min() < 0:
                 raise DermbenchError(

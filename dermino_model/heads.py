@@ -67,4 +67,5 @@ class PrototypeClassifier(nn.Module):
             nn.init.trunc_normal_(self.weight, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.float(), self.weight.float())
+        with torch.autocast(device_type=x.device.type, enabled=False):  # logits feed a BCE: keep them fp32
+            return F.linear(x.float(), self.weight.float())

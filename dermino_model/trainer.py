@@ -433,3 +433,21 @@ def run_pretraining(cfg: PretrainConfig, output_dir: str | Path | None = None, r
     if resume:
         tr.resume()
     return tr.train(stop_at=stop_at, progress=progress)
+
+
+def ensure_demo_checkpoint(console: Any = None, progress: bool = True, **overrides: Any) -> Path:
+    """The newest ``dermino-demo`` checkpoint, running ``--preset demo`` pretraining first when none exists.
+
+    For ``dermbench demo``: ``dermino`` then loads it by default (``$DERMBENCH_HOME/checkpoints/dermino-demo``).
+    """
+    from dermino_model.config import build_config
+
+    out = default_output_dir("demo")
+    found = [p for p in list_checkpoints(out) if (p / EXPORT_FILE).is_file()]
+    if found:
+        return found[-1]
+    summary = run_pretraining(build_config("demo", overrides=overrides), out, resume=True, progress=progress,
+                              console=console)
+    if not summary.get("checkpoint"):
+        raise DermbenchError(f"demo pretraining wrote no checkpoint in {out}")
+    return Path(summary["checkpoint"])

@@ -245,3 +245,38 @@ def test_bad_options_are_refused():
         Captioning(epochs="many")
     with pytest.raises(DermbenchError, match=r"no option.*visual_tokens"):
         runner.task_params(Captioning.info, {"beams": 3})
+
+
+def test_empty_and_non_text_captions_fail_naming_the_sample(tmp_path, feature_cache):
+    """dermsynth with one caption blanked and one replaced by a number: the cell fails naming both ids."""
+    from dermbench import hookimpl, plugins
+    from dermbench.api import DatasetInfo
+    from dermbench_plugins.datasets import dermsynth
+
+    def load(root, **opts):
+        ds = dermsynth.load_diagnosis(root, **opts)
+        ds.samples[ds.splits["train"][1]].caption = "   "
+        ds.samples[ds.splits["test"][2]].caption = 42  # e.g. a numeric cell read from a CSV
+        return ds
+
+    class BadCaptions:
+        @hookimpl
+        def register_datasets(self, register):
+            register(DatasetInfo(name="dermsynth-badcap", fields=frozenset({"labels", "captions"}), needs_root=False),
+                     load)
+
+    plugins.register_plugin(BadCaptions(), name="badcap")
+    try:
+        s = runner.run(["random-vit"], ["captioning"], ["dermsynth-badcap"], _opts(tmp_path, feature_cache),
+                       quiet=True)
+        ds = load(None, **SYNTH)
+    finally:
+        plugins.unregister_plugin("badcap")
+    (cell, msg), = s.failed
+    assert "empty" in msg and ds.samples[ds.splits["train"][1]].id in msg and "training captions" in msg
+    err = json.loads(next((tmp_path / "r").rglob("*.error.json")).read_text())
+    assert err["error"] == msg
+    with pytest.raises(DermbenchError, match=rf"not text: {ds.samples[ds.splits['test'][2]].id} \(int: 42\)"):
+        from dermbench_plugins.tasks.captioning import _split_captions
+
+        _split_captions(ds.split("test"), "reference captions")

@@ -248,3 +248,16 @@ def test_knn_scores_and_paired_bootstrap():
     assert res["diff"] > 0.3 and res["ci_low"] > 0 and res["p"] < 0.01
     same = paired_bootstrap(y, good, good, n_boot=50)
     assert same["diff"] == 0 and same["p"] == 1.0
+
+
+def test_prototype_logits_stay_fp32_under_autocast():
+    from dermino_model.heads import PrototypeClassifier
+
+    w = torch.randn(3, 8)
+    p = PrototypeClassifier(8, 3, init=w)
+    x = torch.randn(2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = p(x)
+    assert out.dtype == torch.float32 and torch.allclose(out, x @ w.T, atol=1e-6)
+    with pytest.raises(ValueError, match="expected"):
+        PrototypeClassifier(8, 4, init=w)

@@ -89,7 +89,7 @@ def test_dermsynth_planted_skin_tone_gap_detected_and_absent_without_gap(tmp_pat
     out = {}
     for gap in (1.0, 0.0):
         s = _run(tmp_path / f"g{gap}", ["test-lesion-stats", "test-mean-colour"] if gap else ["test-lesion-stats"],
-                 "dermsynth", params, {"n": 480, "size": 64, "tone_contrast_gap": gap})
+                 "dermsynth", params, {"n": 400, "size": 64, "tone_contrast_gap": gap})
         assert not s.failed, s.failed
         out[gap] = _records(s)
     planted, null = out[1.0]["test-lesion-stats"], out[0.0]["test-lesion-stats"]
@@ -99,6 +99,7 @@ def test_dermsynth_planted_skin_tone_gap_detected_and_absent_without_gap(tmp_pat
     # contrast vanishes on types V-VI: the darkest group is the worst, by a margin, and the gap is significant
     assert tp["worst"]["auroc_macro"]["group"] == "56" and auc["12"] - auc["56"] > 0.15
     assert tp["gaps"]["auroc_macro"]["p_value"] < 0.01 and tp["gaps"]["auroc_macro"]["ci_low"] > 0.05
+    assert tp["gaps"]["auroc_macro"]["p_value"] <= tp["gaps"]["auroc_macro"]["p_holm"] <= 1  # family-wise adjusted
     # no planted gap: small and not significant
     assert tn["gaps"]["auroc_macro"]["p_value"] > 0.2 and tn["gaps"]["auroc_macro"]["value"] < 0.08
     # the record's leaderboard metric is the same number (same resamples) as the per-group table
@@ -118,8 +119,8 @@ def test_dermsynth_planted_skin_tone_gap_detected_and_absent_without_gap(tmp_pat
     weak = out[1.0]["test-mean-colour"]
     res = fs.paired_gap_test(planted["predictions"], weak["predictions"], "fitzpatrick", "auroc_macro",
                              split_hash=planted["split"]["hash"], seed=0, n_boot=200)
-    assert res["diff"] == pytest.approx(
-        planted["metrics"]["gap:auroc_macro@fitzpatrick"]["value"] - weak["metrics"]["gap:auroc_macro@fitzpatrick"]["value"])
+    gap_name = "gap:auroc_macro@fitzpatrick"
+    assert res["diff"] == pytest.approx(planted["metrics"][gap_name]["value"] - weak["metrics"][gap_name]["value"])
     assert res["ci_low"] <= res["diff"] <= res["ci_high"] and 0 < res["p_value"] <= 1
     same = fs.paired_gap_test(planted["predictions"], planted["predictions"], "fitzpatrick", "auroc_macro",
                               split_hash=planted["split"]["hash"], seed=0, n_boot=200)
@@ -133,7 +134,7 @@ def test_dermsynth_planted_skin_tone_gap_detected_and_absent_without_gap(tmp_pat
     col = cols["gap:auroc_macro@fitzpatrick"]
     assert col["higher_is_better"] is False and cols["worst:auroc_macro@fitzpatrick"]["higher_is_better"] is True
     cells = {r["model"]: r["cells"][col["key"]] for r in lb["data"]["rows"]}
-    assert cells["test-lesion-stats"]["value"] == pytest.approx(planted["metrics"]["gap:auroc_macro@fitzpatrick"]["value"])
+    assert cells["test-lesion-stats"]["value"] == pytest.approx(planted["metrics"][gap_name]["value"])
     loser = [m for m, c in cells.items() if not c["best"]]
     assert len(loser) == 1 and cells[loser[0]]["p"] is not None  # paired gap test against the smaller gap
     files = fairness_plot(load_records(tmp_path / "g1.0" / "r"), tmp_path / "plots")
@@ -222,7 +223,8 @@ def test_group_statistics_exact_on_real_ham10000_metadata(shared_data):
     for g in groups:
         tn, fp, fn, tp = confusion_matrix(y[site == g], pred["y_pred"][site == g], labels=[0, 1]).ravel()
         tprs[g], fprs[g] = tp / (tp + fn), fp / (fp + tn)
-        assert tab["groups"][g]["tpr"] == [pytest.approx(tprs[g])] and tab["groups"][g]["fpr"] == [pytest.approx(fprs[g])]
+        assert tab["groups"][g]["tpr"] == [pytest.approx(tprs[g])]
+        assert tab["groups"][g]["fpr"] == [pytest.approx(fprs[g])]
     eod = max(max(tprs.values()) - min(tprs.values()), max(fprs.values()) - min(fprs.values()))
     assert tab["equalized_odds"]["value"] == pytest.approx(eod)
     # sex and age carry no planted effect; unknown sex is counted, not scored
@@ -267,7 +269,8 @@ def _pad_metadata(shared_data):
 
 
 def test_pad_ufes20_groups_from_real_metadata(tmp_path, shared_data, models):
-    s = _run(tmp_path, ["test-lesion-stats"], "pad-ufes-20", {"min_group_size": 5, "base_opts": "epochs=5", "n_perm": 100},
+    s = _run(tmp_path, ["test-lesion-stats"], "pad-ufes-20",
+             {"min_group_size": 5, "base_opts": "epochs=5", "n_perm": 100},
              data_root=shared_data / "pad-ufes-20")
     assert not s.failed, s.failed
     rec = _records(s)["test-lesion-stats"]
@@ -349,3 +352,73 @@ def test_unknown_base_option_and_attribute_name_the_valid_ones(tmp_path, models)
     s = _run(tmp_path / "b", ["test-lesion-stats"], "dermsynth", {"attributes": "skin", "base": "retrieval"},
              {"n": 24, "size": 64})
     assert "'skin' is not in the metadata" in s.failed[0][1] and "fitzpatrick" in s.failed[0][1]
+
+
+def test_segmentation_base_gives_dice_gap_and_worst_group_dice(tmp_path):
+    opts = runner.RunOptions(
+        out=tmp_path / "r", cache_dir=tmp_path / "c", n_boot=100, dataset_opts={"n": 24, "size": 64},
+        model_opts={"depth": 2},
+        task_params={"fairness": {"base": "segmentation", "min_group_size": 4, "fitzpatrick": "grouped",
+                                  "attributes": "fitzpatrick", "n_perm": 50,
+                                  "base_opts": "epochs=1,n_overlays=0,size=64,save_masks=false"}})
+    s = runner.run(["random-vit"], ["fairness"], ["dermsynth"], opts, quiet=True)
+    assert not s.failed, s.failed
+    rec = _records(s)["random-vit"]
+    tab = rec["extra"]["attributes"]["fitzpatrick"]
+    dice = np.asarray(rec["predictions"]["dice"])
+    grp = np.array([g or "" for g in rec["predictions"]["group:fitzpatrick"]])
+    means = {g: float(dice[grp == g].mean()) for g in tab["scored"]}
+    assert {g: tab["groups"][g]["metrics"]["dice"]["value"] for g in tab["scored"]} == pytest.approx(means)
+    assert rec["metrics"]["gap:dice@fitzpatrick"]["value"] == pytest.approx(max(means.values()) - min(means.values()))
+    assert rec["metrics"]["worst:dice@fitzpatrick"]["value"] == pytest.approx(min(means.values()))
+    assert "eod@fitzpatrick" not in rec["metrics"] and rec["extra"]["base"] == "segmentation"
+    from dermbench.fairness_plot import fairness_series
+
+    series = fairness_series([rec])[("dermsynth", "fitzpatrick")]
+    assert series["metric"] == "dice" and series["groups"] == tab["scored"]
+
+
+def test_fitzpatrick17k_real_csv_types_grouping_and_atlas_site(shared_data, tmp_path, models):
+    """Real fitzpatrick17k.csv metadata; its images are not redistributable, so 8x8 stand-ins carry the names."""
+    from PIL import Image
+
+    src = shared_data / "fitzpatrick17k" / "fitzpatrick17k.csv"
+    with open(src, newline="") as f:
+        rows = sorted(csv.DictReader(f), key=lambda r: r["md5hash"])[:90]
+    root = tmp_path / "f17k"
+    (root / "images").mkdir(parents=True)
+    (root / "fitzpatrick17k.csv").symlink_to(src)
+    rng = np.random.default_rng(0)
+    for r in rows:
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / "images" / f"{r['md5hash']}.jpg")
+    by_id = {r["md5hash"]: r for r in rows}
+    for grouping in ("types", "grouped"):
+        s = _run(tmp_path / grouping, ["test-lesion-stats"], "fitzpatrick17k-3",
+                 {"min_group_size": 5, "fitzpatrick": grouping, "base_opts": "epochs=5", "n_perm": 20},
+                 data_root=root, n_boot=50)
+        assert not s.failed, s.failed
+        rec = _records(s)["test-lesion-stats"]
+        assert set(rec["extra"]["attributes"]) == {"fitzpatrick", "site"}
+        for sid, fst, site in zip(rec["predictions"]["ids"], rec["predictions"]["group:fitzpatrick"],
+                                  rec["predictions"]["group:site"]):
+            raw = int(by_id[sid]["fitzpatrick_scale"])
+            want = None if raw == -1 else str(raw) if grouping == "types" else {1: "12", 2: "12", 3: "34", 4: "34",
+                                                                                 5: "56", 6: "56"}[raw]
+            assert fst == want and site in ("dermaamin.com", "atlasdermatologico.com.br")
+            assert site.split(".")[0] in by_id[sid]["url"]
+
+
+def test_attribute_labels_ddi_style_groups_monk_and_intersections():
+    from dermbench.api import Sample
+    from dermbench_plugins.tasks.fairness import attribute_labels, intersect
+
+    ddi = [Sample(id=str(i), image="x", label=0, meta={"fitzpatrick": None, "fitzpatrick_group": g, "monk": m,
+                                                         "sex": sx})
+           for i, (g, m, sx) in enumerate([("12", 2, "female"), ("56", 9.0, None), (None, None, "male")])]
+    labels, note = attribute_labels(ddi, "fitzpatrick")
+    assert labels == ["12", "56", None] and "only Fitzpatrick groups" in note
+    assert attribute_labels(ddi, "monk")[0] == ["2", "9", None]
+    assert intersect(labels, attribute_labels(ddi, "sex")[0]) == ["12|female", None, None]
+    typed = [Sample(id="a", image="x", meta={"fitzpatrick": 4}), Sample(id="b", image="x", meta={"fitzpatrick": 1})]
+    assert attribute_labels(typed, "fitzpatrick")[0] == ["4", "1"]
+    assert attribute_labels(typed, "fitzpatrick", fitzpatrick="grouped")[0] == ["34", "12"]

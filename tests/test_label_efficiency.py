@@ -31,7 +31,7 @@ def curve_runs(tmp_path_factory):
         tasks = ["probe", "retrieval"] if wseed == 0 else ["probe"]
         opts = runner.RunOptions(
             out=base / f"r{wseed}", cache_dir=base / "c", dataset_opts={"n": 180, "size": 64},
-            model_opts={"depth": 2, "seed": wseed}, n_boot=200,
+            model_opts={"depth": 1, "seed": wseed}, n_boot=200,
             task_params={"probe": {"train_fraction": FRACTIONS, "draws": 4, "curve_boot": 200, "epochs": 30},
                          "retrieval": {"shots": [1, 4, 20], "draws": 4, "curve_boot": 200}},
         )

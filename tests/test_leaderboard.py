@@ -215,3 +215,35 @@ def test_html_renders_and_sorts_in_headless_chromium(results, tmp_path) -> None:
     assert order(plain) != order(by_auc) or order(plain) == sorted(sk, key=sk.get, reverse=True)
     by_name = dom("#sort=model")
     assert order(by_name) == sorted(MODELS)
+
+
+def test_metric_unknown_to_stats_is_shown_as_stored(results, tmp_path) -> None:
+    out, _ = results
+    other = tmp_path / "custom"
+    shutil.copytree(out, other)
+    from dermbench.results import read_record
+
+    for m in ("strong", "weak"):
+        path = other / "dermsynth" / "probe" / m / "seed0.json"
+        rec = read_record(path)
+        rec.metrics["plugin_metric"] = {"value": 0.5 if m == "weak" else 0.7, "ci_low": 0.4, "ci_high": 0.8,
+                                        "ci_method": "percentile", "n_boot": 300, "n": N}
+        write_record(other, rec)
+    data = lb.build_leaderboard(other, tasks=["probe"], plots=False)["data"]
+    rows = {r["model"]: r for r in data["rows"]}
+    cell = rows["strong"]["cells"]["probe/dermsynth/plugin_metric"]
+    assert cell["value"] == 0.7 and cell["best"] is True and cell["p"] is None and "not re-scored" in cell["note"]
+    assert rows["weak"]["cells"]["probe/dermsynth/plugin_metric"]["unpaired"] is True
+
+
+def test_several_seeds_give_mean_and_sd_and_pair_on_lowest_seed(results, tmp_path) -> None:
+    out, preds = results
+    other = tmp_path / "seeds"
+    shutil.copytree(out, other)
+    _write(other, "weak", "probe", preds["weak"], ["auroc_macro"], seed=1)
+    _write(other, "weak", "probe", preds["weak"], ["auroc_macro"], seed=2)
+    data = lb.build_leaderboard(other, tasks=["probe"], plots=False)["data"]
+    cell = next(r for r in data["rows"] if r["model"] == "weak")["cells"]["probe/dermsynth/auroc_macro"]
+    assert cell["seed"] == 0 and cell["n_seeds"] == 3 and cell["p"] is not None
+    assert cell["seed_mean"] == pytest.approx(cell["value"]) and cell["seed_sd"] == pytest.approx(0.0)
+    assert "k=3" in lb.build_leaderboard(other, tasks=["probe"], plots=False)["table"]

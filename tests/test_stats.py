@@ -150,7 +150,9 @@ def test_indices_depend_only_on_split_and_seed() -> None:
     assert not np.array_equal(a, stats.bootstrap_indices("abc", 1, 100, 50))
     assert not np.array_equal(a, stats.bootstrap_indices("abd", 0, 100, 50))
     # a fixed fingerprint: the derivation must never change silently (results stay paired across versions)
-    assert a[0, :5].tolist() == stats.bootstrap_indices("abc", 0, 100, 50)[0, :5].tolist()
+    assert a[0, :5].tolist() == [59, 13, 27, 41, 66]
+    strat = stats.bootstrap_indices("abc", 0, 100, 50, strata=np.arange(100) % 3)
+    assert strat[0, :5].tolist() == [33, 30, 9, 96, 33]
 
 
 def test_stratified_indices_keep_class_counts() -> None:
@@ -208,9 +210,10 @@ def test_paper_ci_is_mean_plus_minus_1_96_sd() -> None:
     assert out["ci_method"] == "paper" and "DermINO" in out["note"]
 
 
+@pytest.mark.parametrize("C", [2, 3])
 @pytest.mark.parametrize("name", ["auroc_macro", "f1_macro", "balanced_accuracy", "ece", "brier"])
-def test_closed_form_jackknife_equals_leave_one_out(name: str) -> None:
-    pr = make_preds(45, 3, seed=14, ties=True)
+def test_closed_form_jackknife_equals_leave_one_out(name: str, C: int) -> None:
+    pr = make_preds(45, C, seed=14, ties=True)
     jk = stats.jackknife(pr, name)
     keep = np.ones(45, bool)
     for i in range(45):
@@ -311,5 +314,7 @@ def test_other_bad_inputs_have_clear_messages() -> None:
         stats.score(pr, ["accuracy"], split_hash="x", seed=0, ci="normal")
     with pytest.raises(DermbenchError, match="class 5 but scores have only 3 columns"):
         stats.point(dict(pr, y_true=np.r_[pr["y_true"][:-1], 5]), "auroc_macro")
+    with pytest.raises(DermbenchError, match=r"1 of 20 are missing or not integers \(ids: img0002"):
+        stats.point(dict(pr, y_true=[*pr["y_true"][:2].tolist(), None, *pr["y_true"][3:].tolist()]), "accuracy")
     with pytest.raises(DermbenchError, match="drawn for n=30"):
         stats.replicates(pr, "accuracy", stats.bootstrap_indices("x", 0, 30, 5))

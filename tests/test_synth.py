@@ -258,7 +258,7 @@ def test_tone_contrast_gap_is_planted_and_removable():
     light, dark = gap[:, :2].mean(), gap[:, 4:].mean()
     assert dark < 0.75 * light  # planted: lesions fade on types V-VI
     assert gap[:, 5].mean() < gap[:, 4].mean() < gap[:, 3].mean()  # strongest on VI
-    assert np.allclose(gap[:, :2], none[:, :2])  # types I-II untouched
+    assert np.allclose(gap[:, :2], none[:, :2], rtol=0.03)  # types I-II keep their contrast
     ratio = none[:, 4:].mean() / none[:, :2].mean()
     assert 0.93 < ratio < 1.07, ratio  # gap 0: same contrast on every tone
     # the same holds for images drawn with their own skin types (not paired)

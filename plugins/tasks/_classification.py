@@ -75,8 +75,8 @@ def reliability_plot(y_true: "Any", scores: "Any", path: "Any", title: str = "")
     used = count > 0
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.bar(edges[used], acc[used], width=1 / nb, align="edge", edgecolor="black", color="#4c72b0", label="accuracy")
-    ax.bar(edges[used], (mconf - acc)[used], bottom=acc[used], width=1 / nb, align="edge", color="#dd8452",
-           alpha=0.45, label="gap to confidence")
+    ax.bar(edges[used], mconf[used], width=1 / nb, align="edge", fill=False, edgecolor="#c44e52", lw=1.3,
+           label="mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     for x, c, a in zip(edges[used], count[used], acc[used]):
         ax.text(x + 0.5 / nb, min(a + 0.02, 0.97), str(int(c)), ha="center", fontsize=6)

@@ -169,10 +169,10 @@ class Captioning:
                 "install one, e.g. `apt-get install default-jre-headless`, and make `java` available on PATH"
             )
         train, test = ctx.split(self.p["train_split"]), ctx.split(self.p["test_split"])
-        if self.meteor:  # start the METEOR JVM now: it loads its tables (~8-40 s) while features and training run
-            M.start_meteor()
         cap_tr = _split_captions(train, "training captions")
         cap_te = _split_captions(test, "reference captions")
+        if self.meteor:  # start the METEOR JVM now: it loads its tables (~8-40 s) while features and training run
+            M.start_meteor()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         torch.manual_seed(ctx.seed)

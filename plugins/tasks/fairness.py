@@ -58,7 +58,7 @@ def _csv(v: Any) -> list[str]:
 
 
 def parse_base_opts(text: Any) -> dict[str, Any]:
-    """``"epochs=20,lr=0.01"`` (or ``;``-separated) -> {"epochs": 20, "lr": 0.01}; values parsed as JSON when possible."""
+    """``"epochs=20,lr=0.01"`` (or ``;``-separated) -> {"epochs": 20, "lr": 0.01}; values parsed as JSON if possible."""
     import json
 
     if isinstance(text, dict):
@@ -83,7 +83,9 @@ def parse_age_bins(text: Any) -> list[float]:
         try:
             edges.append(float(x))
         except ValueError:
-            raise DermbenchError(f"fairness age_bins={text!r}: {x!r} is not a number; use ascending ages, e.g. '40,60'") from None
+            raise DermbenchError(
+                f"fairness age_bins={text!r}: {x!r} is not a number; use ascending ages, e.g. '40,60'"
+            ) from None
     if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
         raise DermbenchError(f"fairness age_bins={text!r}: give one or more strictly ascending ages, e.g. '40,60'")
     return edges
@@ -159,7 +161,8 @@ class Fairness:
     info = INFO
 
     def __init__(self, base="probe", base_opts="", attributes="auto", intersections="auto", fitzpatrick="types",
-                 age_bins="40,60", min_group_size=20, group_metrics="auto", gap_metrics="auto", worst_metrics="auto", n_perm=1000):
+                 age_bins="40,60", min_group_size=20, group_metrics="auto", gap_metrics="auto", worst_metrics="auto",
+                 n_perm=1000):
         self.base = str(base)
         self.base_opts = parse_base_opts(base_opts)
         self.attributes = _csv(attributes)
@@ -295,6 +298,7 @@ class Fairness:
             gaps = ", ".join(f"{m} gap {v['value']:.3f} (p={v.get('p_value', float('nan')):.3g})"
                              for m, v in tab["gaps"].items() if v.get("value") is not None)
             ctx.log(f"fairness {a}: groups {tab['scored']}; {gaps}")
+        _holm(report)
         extra = {
             "base": self.base,
             "base_params": {k: v for k, v in self.base_opts.items()},
@@ -310,9 +314,19 @@ class Fairness:
                 "eod": "equalized-odds difference: max(TPR gap, FPR gap); binary: positive class; multiclass: "
                        "macro mean over classes one-vs-rest",
                 "p_value": "permutation test of group labels, H0: the metric does not depend on the group",
+                "p_holm": "p_value Holm-adjusted over every gap test of this record (all attributes x metrics)",
             },
         }
         return TaskOutput(preds, metrics, test, extra=extra, artifacts=list(base_out.artifacts), strata=base_out.strata)
+
+
+def _holm(report: dict[str, Any]) -> None:
+    """Add ``p_holm`` to every gap: many attributes x metrics are tested at once, so control the family."""
+    from dermbench import stats
+
+    entries = [g for tab in report.values() for g in tab.get("gaps", {}).values() if g.get("p_value") is not None]
+    for g, p in zip(entries, stats.correct([g["p_value"] for g in entries], "holm")):
+        g["p_holm"] = p
 
 
 def _scoring_options(ctx) -> tuple[int, str]:

@@ -279,7 +279,8 @@ def train_model(model: FineTuneModel, xtr: Any, ytr: Any, xva: Any, yva: Any, *,
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model.forward(xb), Y[idx])
+            logits = model.forward(xb)
+            loss = loss_fn(logits, Y[idx].to(logits.device))
             loss.backward()
             opt.step()
             sched.step()

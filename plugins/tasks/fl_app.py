@@ -16,7 +16,8 @@ the module-level ``server_app`` / ``client_app`` below (see ``fl_deploy``):
   ``out-dir``.
 
 Fault injection for tests (``fault = "raise:<site>:<round>"`` or ``"exit:<site>:<round>"``) makes that site's
-client raise, or kill its own process, in that training round.
+client raise (any engine), or kill its own process (deployment only; in simulation the process is a Ray
+actor), in that training round.
 """
 
 from __future__ import annotations
@@ -205,12 +206,13 @@ def recording_strategy(name: str, log: list[dict[str, Any]], **kwargs: Any) -> A
             return msgs
 
         def aggregate_train(self, server_round, replies):  # noqa: ANN001
-            replies = list(replies)
+            # replies arrive in any order; a fixed (site) order makes the float sums, and so the run, repeatable
+            replies = sorted(replies, key=lambda m: (m.has_error(), _site_of(m)))
             self._record("train", server_round, replies)
             return super().aggregate_train(server_round, replies)
 
         def aggregate_evaluate(self, server_round, replies):  # noqa: ANN001
-            replies = list(replies)
+            replies = sorted(replies, key=lambda m: (m.has_error(), _site_of(m)))
             self._record("evaluate", server_round, replies)
             return super().aggregate_evaluate(server_round, replies)
 

@@ -128,7 +128,8 @@ def class_embeddings(bb: Any, names: list[str], templates: list[str]) -> Any:
     import torch
 
     prompts = [t.format(n) for n in names for t in templates]
-    T = torch.as_tensor(bb.encode_text(prompts), dtype=torch.float32)
+    T = torch.cat([torch.as_tensor(bb.encode_text(prompts[lo : lo + 256]), dtype=torch.float32).cpu()
+                   for lo in range(0, len(prompts), 256)])
     T = torch.nn.functional.normalize(T, dim=-1).reshape(len(names), len(templates), -1).mean(1)
     return torch.nn.functional.normalize(T, dim=-1)
 
@@ -142,7 +143,7 @@ def _raw_image_embeddings(ctx: Any, bb: Any, split: Split, batch: int = 32) -> A
                       len(split)) as adv:
         for lo in range(0, len(samples), batch):
             x = torch.stack([bb.transform(s.load_image()) for s in samples[lo : lo + batch]])
-            out.append(torch.as_tensor(bb.embed_image_for_text(x), dtype=torch.float32))
+            out.append(torch.as_tensor(bb.embed_image_for_text(x), dtype=torch.float32).cpu())
             adv(len(x))
     return torch.cat(out)
 
@@ -154,7 +155,8 @@ def image_embeddings(ctx: Any, bb: Any, split: Split, use_cache: bool) -> tuple[
     if use_cache:
         feats = torch.as_tensor(ctx.features(split), dtype=torch.float32)
         probe = torch.stack([bb.transform(s.load_image()) for s in split.samples[:2]])
-        direct = torch.nn.functional.normalize(torch.as_tensor(bb.embed_image_for_text(probe), dtype=torch.float32), dim=-1)
+        direct = torch.as_tensor(bb.embed_image_for_text(probe), dtype=torch.float32).cpu()
+        direct = torch.nn.functional.normalize(direct, dim=-1)
         cached = torch.nn.functional.normalize(feats[: len(probe)], dim=-1)
         if feats.shape[1] == direct.shape[1] and bool(((cached * direct).sum(-1) > 0.999).all()):
             return torch.nn.functional.normalize(feats, dim=-1), "feature cache (embed, L2-normalised)"
