@@ -160,6 +160,7 @@ class TaskInfo:
     description: str = ""
     requires: frozenset[str] = frozenset({"labels"})
     capabilities: frozenset[str] = frozenset({"cls"})
+    requires_any: frozenset[str] = frozenset()  # at least one of these dataset fields (e.g. sensitive attributes)
     metrics: tuple[str, ...] = ()
     primary_metric: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -183,6 +184,9 @@ class TaskInfo:
             missing = set(self.requires) - set(dataset.fields)
             if missing:
                 return f"dataset {dataset.name!r} has no {', '.join(sorted(missing))} (task {self.name!r} needs them)"
+            if self.requires_any and not set(self.requires_any) & set(dataset.fields):
+                return (f"dataset {dataset.name!r} has none of {', '.join(sorted(self.requires_any))} "
+                        f"(task {self.name!r} needs at least one)")
         if model is not None:
             missing = set(self.capabilities) - set(model.capabilities)
             if missing:
@@ -397,6 +401,7 @@ class TaskContext(Protocol):
     device: str
     params: dict[str, Any]  # task parameters after defaults (recorded in the result's config)
     out_dir: Path  # per-cell directory for artifacts (overlays, plots); created on demand
+    ci: str  # CI method of the run (percentile | bca | paper)
     n_boot: int  # bootstrap replicates of the run, for CIs a task computes itself (secondary numbers in extra)
 
     def split(self, name: str) -> Split: ...

@@ -31,5 +31,14 @@ def register_datasets(register):
 
 
 @hookspec
+def register_metrics(register):
+    """Register metric resolvers: ``register(resolver)`` with ``resolver(name) -> dermbench.stats.Metric | None``.
+
+    A resolver is asked only for names the core does not know (``corpus_bleu4``, ``gap:auroc_macro@sex``), so
+    records written by a task are scored, compared and tabulated in any later process. Keep the resolver cheap
+    to define: import numpy/stats inside it."""
+
+
+@hookspec
 def register_commands(app):
     """Add Typer sub-commands to the ``dermbench`` app (``dermino_model`` adds ``pretrain``)."""

@@ -521,8 +521,8 @@ def to_html(columns, ranks, meta, models, notes, settings, images: Sequence[Path
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dermbench leaderboard</title>"
         f"<style>{_HTML_CSS}</style></head><body>\n<h1>dermbench leaderboard</h1>\n"
         f"<p class=\"notes\">{html.escape(json.dumps(settings))}</p>\n"
-        f"<table id=\"leaderboard\"><thead><tr>{''.join(heads)}</tr></thead>\n<tbody>\n" + "\n".join(body)
-        + "\n</tbody></table>\n<ul class=\"notes\">" + "".join(f"<li>{html.escape(n.replace('**', ''))}</li>" for n in notes)
+        f"<div style=\"overflow-x:auto\"><table id=\"leaderboard\"><thead><tr>{''.join(heads)}</tr></thead>\n<tbody>\n" + "\n".join(body)
+        + "\n</tbody></table></div>\n<ul class=\"notes\">" + "".join(f"<li>{html.escape(n.replace('**', ''))}</li>" for n in notes)
         + "</ul>\n" + "\n".join(imgs) + f"\n<script>{_HTML_JS}</script>\n</body></html>\n"
     )
 
@@ -569,7 +569,7 @@ def make_plots(columns: list[Column], models: list[str], out: Path) -> list[Path
             hi = [c.entries[m].ci_high - v if m in c.entries and c.entries[m].ci_high is not None else 0 for m, v in zip(models, vals)]
             colors = ["#2e7d32" if m in c.entries and c.entries[m].best else
                       "#81c784" if m in c.entries and c.entries[m].tie else "#90a4ae" for m in models]
-            ax.barh(ys, np.nan_to_num(vals), xerr=[np.nan_to_num(lo), np.nan_to_num(hi)], color=colors,
+            ax.barh(ys, np.nan_to_num(vals), xerr=[np.clip(np.nan_to_num(lo), 0, None), np.clip(np.nan_to_num(hi), 0, None)], color=colors,
                     capsize=3, ecolor="#333")
             ax.set_yticks(ys, models)
             ax.set_title(f"{c.metric} {'↑' if c.higher_is_better else '↓'}", fontsize=10)
@@ -673,6 +673,10 @@ def build_leaderboard(
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         plot_files = make_plots(columns, order, out / "plots") if plots else []
+        if plots:  # per-group curves for fairness records (one line per model)
+            from dermbench.fairness_plot import fairness_plot
+
+            plot_files += [Path(f) for f in fairness_plot(records, out / "plots")]
         if "md" in formats:
             (out / "leaderboard.md").write_text("# dermbench leaderboard\n\n" + table)
             files.append(out / "leaderboard.md")

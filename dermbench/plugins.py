@@ -44,6 +44,7 @@ class Registry:
     models: dict[str, Entry] = field(default_factory=dict)
     tasks: dict[str, Entry] = field(default_factory=dict)
     datasets: dict[str, Entry] = field(default_factory=dict)
+    metric_resolvers: list[tuple[str, Callable[[str], Any]]] = field(default_factory=list)  # (plugin, resolver)
     errors: list[PluginError] = field(default_factory=list)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {version, hooks, dist}
 
@@ -208,6 +209,17 @@ def registry() -> Registry:
     _call_each(pm, "register_models", reg.errors, maker("models", ModelInfo))
     _call_each(pm, "register_tasks", reg.errors, maker("tasks", TaskInfo))
     _call_each(pm, "register_datasets", reg.errors, maker("datasets", DatasetInfo))
+
+    def make_metric_register(plugin: str) -> Callable:
+        def register(resolver: Callable[[str], Any]) -> None:
+            if not callable(resolver):
+                raise TypeError(f"register() expects a resolver function name -> Metric | None, got {resolver!r}")
+            reg.metric_resolvers.append((plugin, resolver))
+            reg.plugins.setdefault(plugin, {}).setdefault("metrics", []).append(getattr(resolver, "__name__", "?"))
+
+        return register
+
+    _call_each(pm, "register_metrics", reg.errors, make_metric_register)
     _registry = reg
     return reg
 

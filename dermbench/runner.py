@@ -163,6 +163,7 @@ class CellContext:
         self.device = runner.opts.device
         self.params = params
         self.out_dir = out_dir
+        self.ci = runner.opts.ci
         self.n_boot = runner.opts.n_boot  # tasks reporting their own secondary CIs use the run's setting
 
     def split(self, name: str) -> Split:
@@ -423,6 +424,8 @@ class Runner:
             n_boot=self.opts.n_boot, ci=self.opts.ci, strata=output.strata,
         )
         t_stats = time.perf_counter() - t1
+        if output.strata is not None:  # stored so later comparisons redraw the same stratified resamples
+            output.predictions["strata"] = [int(v) if hasattr(v, "__int__") else v for v in output.strata]
         bb = self._backbones.get(cell.model)
         minfo = reg.model(cell.model).info
         return ResultRecord(

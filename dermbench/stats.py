@@ -586,6 +586,12 @@ def get_metric(name: str) -> Metric:
             description=f"mean of the per-sample values predictions[{key!r}]",
         )
         return m
+    from dermbench import plugins
+
+    for _plugin, resolver in plugins.registry().metric_resolvers:  # plugin metrics (hook register_metrics)
+        m = resolver(name)
+        if m is not None:
+            return m
     raise DermbenchError(
         f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}, or mean:<key> for any per-sample array"
     )
@@ -960,21 +966,3 @@ def correct(pvalues: Sequence[float | None], method: str = "holm") -> list[float
     for j, i in enumerate(keep):
         out[i] = float(res[j])
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Extension (added by the fairness task, issue 8): subgroup metrics resolved by name.
-# ``gap:<metric>@<attr>``, ``worst:<metric>@<attr>`` and ``eod@<attr>`` live in dermbench.fairness_stats;
-# wrapping get_metric here lets score(), paired_test() and the leaderboard handle them like built-ins
-# (every caller looks get_metric up at call time).
-
-_get_builtin_metric = get_metric
-
-
-def get_metric(name: str) -> Metric:  # noqa: F811 -- extends the definition above
-    """Look up a metric: built-ins, ``mean:<key>``, or a fairness metric (see dermbench.fairness_stats)."""
-    if name.startswith(("gap:", "worst:", "eod@")) and "@" in name:
-        from dermbench.fairness_stats import fairness_metric
-
-        return fairness_metric(name)
-    return _get_builtin_metric(name)

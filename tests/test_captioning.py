@@ -100,7 +100,6 @@ def test_metrics_equal_pycocoevalcap_reference():
     # ... and as a statistics-engine metric: point = pycocoevalcap, replicates = corpus BLEU of resampled captions
     from dermbench import stats
 
-    M.register_metrics()
     pred = {"ids": [f"x{i}" for i in range(6)], "bleu_stats": a.bleu_stats}
     res = stats.score(pred, ["corpus_bleu4", "corpus_bleu1"], split_hash="abc", seed=0, n_boot=300)
     assert res["corpus_bleu4"]["value"] == pytest.approx(b_corpus[3], abs=1e-12)

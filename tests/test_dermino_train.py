@@ -116,6 +116,11 @@ def test_default_location_env_and_missing_message(tmp_path, monkeypatch):
     tr.train(stop_at=1, progress=False)
     assert resolve(None).name == "ckpt-0000001"
     assert _load(DERMINO).info.embed_dim == 64
+    from dermino_model.demo import ensure_demo_checkpoint
+
+    logs: list[str] = []
+    assert ensure_demo_checkpoint(log=logs.append) == resolve(None)  # exists: no pretraining run
+    assert len(logs) == 1 and "ckpt-0000001" in logs[0]
     monkeypatch.setenv("DERMBENCH_WEIGHTS_DERMINO", str(tmp_path / "nowhere"))
     with pytest.raises(DermbenchError, match="DERMBENCH_WEIGHTS_DERMINO"):
         resolve(None)

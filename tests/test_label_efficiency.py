@@ -32,8 +32,8 @@ def curve_runs(tmp_path_factory):
         opts = runner.RunOptions(
             out=base / f"r{wseed}", cache_dir=base / "c", dataset_opts={"n": 180, "size": 64},
             model_opts={"depth": 1, "seed": wseed}, n_boot=200,
-            task_params={"probe": {"train_fraction": FRACTIONS, "draws": 4, "curve_boot": 200, "epochs": 30},
-                         "retrieval": {"shots": [1, 4, 20], "draws": 4, "curve_boot": 200}},
+            task_params={"probe": {"train_fraction": FRACTIONS, "draws": 4, "epochs": 30, "reach": 0.55},
+                         "retrieval": {"shots": [1, 4, 20], "draws": 4, "curve_boot": 150}},
         )
         s = runner.run(["random-vit"], tasks, ["dermsynth"], opts, quiet=True)
         assert not s.failed, s.failed
@@ -74,6 +74,7 @@ def test_probe_curve_increases_with_labels(curve_runs):
     curve = rec.extra[CURVE_KEY]
     pts = curve["points"]
     assert [p["value"] for p in pts] == FRACTIONS
+    assert curve["n_boot"] == 200  # curve_boot unset: the run's n_boot
     n_train = rec.extra["n_train"]
     assert pts[-1]["n_labels"] == [n_train] and pts[-1]["draws"] == 1  # 100%: one fit, no draw spread
     assert [p["draws"] for p in pts[:-1]] == [4, 4]
@@ -95,11 +96,13 @@ def test_probe_curve_increases_with_labels(curve_runs):
     assert need["target"] == pytest.approx(0.95 * auc[-1])
     assert pts[0]["n_labels_mean"] <= need["n_labels"] <= n_train
     assert need["draws_reaching"] >= 1
+    absolute = curve["labels_needed"][1]  # reach=0.55: an absolute AUROC target
+    assert absolute["target"] == 0.55 and absolute["n_labels"] == labels_needed(curve, 0.55)["n_labels"]
 
 
 def test_retrieval_shots_curve(curve_runs):
     curve = curve_runs[0]["retrieval"].extra[CURVE_KEY]
-    assert curve["kind"] == "shots"
+    assert curve["kind"] == "shots" and curve["n_boot"] == 150
     pts = curve["points"]
     assert pts[0]["n_labels"] == [6] * 4  # 1 shot x 6 dermsynth classes, each draw
     acc = [p["metrics"]["accuracy"]["mean"] for p in pts]

@@ -156,7 +156,8 @@ def test_cli_help_does_not_import_torch():
 
 def test_every_hook_is_documented_and_tested():
     specs = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "dermbench_spec")]
-    assert set(specs) == {"register_models", "register_tasks", "register_datasets", "register_commands"}
+    assert set(specs) == {"register_models", "register_tasks", "register_datasets", "register_metrics",
+                          "register_commands"}
     tests_text = "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
     docs = (REPO / "docs" / "plugins.md").read_text() if (REPO / "docs" / "plugins.md").exists() else ""
     for name in specs:
@@ -184,3 +185,28 @@ def test_register_commands_hook_adds_a_cli_command(capsys):
     assert res.exit_code == 0 and "hello from a plugin" in res.output
     # leave the global app as it was
     typer_app.registered_commands = [c for c in typer_app.registered_commands if c.name != "hello-plugin"]
+
+
+def test_register_metrics_hook_makes_a_plugin_metric_scorable():
+    import numpy as np
+
+    from dermbench import stats
+
+    class MetricPlugin:
+        @hookimpl
+        def register_metrics(self, register):
+            def resolve(name):
+                if name != "top_score_mean":
+                    return None
+                base = stats.get_metric("mean:top")
+                return base
+
+            register(resolve)
+
+    plugins.register_plugin(MetricPlugin(), name="metricplug")
+    pred = {"ids": ["a", "b", "c", "d"], "top": np.array([0.1, 0.2, 0.3, 0.4])}
+    res = stats.score(pred, ["top_score_mean"], split_hash="h", seed=0, n_boot=50)
+    assert res["top_score_mean"]["value"] == pytest.approx(0.25)
+    plugins.unregister_plugin("metricplug")
+    with pytest.raises(DermbenchError, match="unknown metric 'top_score_mean'"):
+        stats.get_metric("top_score_mean")

@@ -241,9 +241,8 @@ def corpus_bleu_metrics() -> list[Any]:
     return out
 
 
-def register_metrics() -> None:
-    """Add the corpus BLEU metrics to ``dermbench.stats.METRICS`` (idempotent)."""
-    from dermbench import stats
-
-    for m in corpus_bleu_metrics():
-        stats.METRICS.setdefault(m.name, m)
+def resolve_metric(name: str):
+    """``corpus_bleu1..4`` for dermbench.stats (registered through the ``register_metrics`` hook)."""
+    if not (name.startswith("corpus_bleu") and name[11:] in ("1", "2", "3", "4")):
+        return None
+    return corpus_bleu_metrics()[int(name[11:]) - 1]

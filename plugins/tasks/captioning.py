@@ -220,7 +220,6 @@ class Captioning:
         preds = {"ids": ids, "generated": generated, "reference": cap_te, "retrieved": retrieved,
                  "retrieved_from": [train.ids[i] for i in nn_idx],
                  **{k: v for k, v in gen.per_caption.items()}, "bleu_stats": gen.bleu_stats}
-        M.register_metrics()
         metrics = [f"mean:{k}" for k in gen.per_caption] + ["corpus_bleu4"]
         base_preds = {"ids": ids, **base.per_caption, "bleu_stats": base.bleu_stats}
         paired = {}
@@ -308,7 +307,17 @@ class Captioning:
 @hookimpl
 def register_tasks(register):
     register(INFO, Captioning)
-    if INFO.available:  # corpus_bleu1..4 for the statistics engine (imports numpy only, no torch)
-        from dermbench_plugins.tasks.caption_metrics import register_metrics
 
-        register_metrics()
+
+def _resolve_metric(name: str):
+    """corpus_bleu1..4 for the statistics engine; imports the metric module only when asked."""
+    if not name.startswith("corpus_bleu"):
+        return None
+    from dermbench_plugins.tasks.caption_metrics import resolve_metric
+
+    return resolve_metric(name)
+
+
+@hookimpl
+def register_metrics(register):
+    register(_resolve_metric)

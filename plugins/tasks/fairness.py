@@ -27,7 +27,8 @@ INFO = TaskInfo(
         "subgroup metrics of a base task (default probe) per Fitzpatrick type / Monk tone / sex / age bin / site "
         "and intersections: per-group CIs, gap (max-min), worst group, equalized odds, paired gap tests"
     ),
-    requires=frozenset({"labels"}),  # plus at least one sensitive field: checked at run time (one requires set)
+    requires=frozenset({"labels"}),
+    requires_any=frozenset({"fitzpatrick", "monk", "sex", "age", "site"}),  # datasets without any are skipped
     capabilities=frozenset({"cls"}),
     metrics=("auroc_macro", "f1_macro", "accuracy", "balanced_accuracy", "ece"),
     primary_metric="auroc_macro",
@@ -330,13 +331,24 @@ def _holm(report: dict[str, Any]) -> None:
 
 
 def _scoring_options(ctx) -> tuple[int, str]:
-    """The runner's n_boot and CI method, so the per-group CIs use the record's resamples."""
-    for obj in (ctx, getattr(getattr(ctx, "_runner", None), "opts", None)):
-        if obj is not None and getattr(obj, "n_boot", None):
-            return int(obj.n_boot), str(getattr(obj, "ci", "percentile"))
-    return 1000, "percentile"
+    """The run's n_boot and CI method, so the per-group CIs use the record's resamples."""
+    return int(ctx.n_boot), str(ctx.ci)
 
 
 @hookimpl
 def register_tasks(register):
     register(INFO, Fairness)
+
+
+def _resolve_metric(name: str):
+    """``gap:<metric>@<attr>``, ``worst:<metric>@<attr>``, ``eod@<attr>`` (see dermbench.fairness_stats)."""
+    if not (name.startswith(("gap:", "worst:", "eod@")) and "@" in name):
+        return None
+    from dermbench.fairness_stats import fairness_metric
+
+    return fairness_metric(name)
+
+
+@hookimpl
+def register_metrics(register):
+    register(_resolve_metric)

@@ -216,11 +216,8 @@ def loopback(cfg: dict[str, Any], files: list[Path], work: Path) -> dict[str, An
 
 
 def _n_boot(ctx: Any) -> int:
-    """Bootstrap size of this run (runner option; the context does not expose it publicly yet)."""
-    n = getattr(ctx, "n_boot", None)
-    if n is None:
-        n = getattr(getattr(getattr(ctx, "_runner", None), "opts", None), "n_boot", 1000)
-    return int(n)
+    """Bootstrap size of this run, for the secondary CIs in extra."""
+    return int(ctx.n_boot)
 
 
 class Federated:

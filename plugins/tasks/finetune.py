@@ -131,7 +131,9 @@ class FineTuneModel:
         import importlib.util
 
         if importlib.util.find_spec("peft") is None:
-            raise DermbenchError("finetune method=lora needs peft: pip install 'dermbench[caption]' (or pip install peft)")
+            raise DermbenchError(
+                "finetune method=lora needs peft: pip install 'dermbench[caption]' (or pip install peft)"
+            )
         from peft import LoraConfig, inject_adapter_in_model
 
         names = [n for n, _ in module.named_modules()]

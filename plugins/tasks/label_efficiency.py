@@ -11,7 +11,8 @@ Design
 * **Subsets depend on (training split hash, draw index) only** -- never on the model or the task -- so every
   model sees identical labelled images. Within a draw, each class is permuted once and a setting takes the
   first ``k_c`` images of that permutation: subsets of one draw are **nested** (the 10% subset contains the
-  1% one), which makes curves smooth and paired across settings.
+  1% one), which makes curves smooth and paired across settings. The cell seed (``--seed``) changes the
+  classifier's initialisation and the bootstrap resamples, not the subsets.
 * Stratified: ``k_c = max(1, round(fraction * n_c))`` (every training class keeps at least one labelled image,
   so a classifier exists at 1%) or ``k_c = min(K, n_c)`` for ``shots``. The x axis is the number of labels
   actually used.
@@ -68,7 +69,8 @@ def parse_settings(train_fraction: Any, shots: Any, task: str) -> list[tuple[str
 
 def draw_seed(split_hash: str, draw: int) -> int:
     """Seed of draw ``draw`` from the training split's content hash (never from the model)."""
-    return int.from_bytes(hashlib.sha256(f"label-efficiency\0{split_hash}\0{int(draw)}".encode()).digest()[:8], "little")
+    digest = hashlib.sha256(f"label-efficiency\0{split_hash}\0{int(draw)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def class_orders(y: Any, split_hash: str, draw: int) -> dict[int, Any]:
@@ -184,8 +186,9 @@ def run_curve(
                 "boot_ci_low": _clean(float(lo)), "boot_ci_high": _clean(float(hi)),
             }
         points.append(row)
-        log(f"{kind}={value:g}: n_labels={row['n_labels_mean']:.0f} "
-            + " ".join(f"{m}={row['metrics'][m]['mean']}" for m in metrics[:1]))
+        first = row["metrics"][metrics[0]]
+        log(f"{kind}={value:g}: n_labels={row['n_labels_mean']:.0f} {metrics[0]}="
+            + ("n/a" if first["mean"] is None else f"{first['mean']:.3f} (sd {first['sd']:.3f} over {n_draws} draws)"))
     assert primary is not None
     curve = {
         "kind": settings[0][0], "draws": draws, "n_train_total": int(n_tr), "metrics": list(metrics),
@@ -200,7 +203,8 @@ def run_curve(
 # reading the curve
 
 
-def _interp_cross(xs: Sequence[float], ys: Sequence[float | None], target: float, higher_is_better: bool) -> float | None:
+def _interp_cross(xs: Sequence[float], ys: Sequence[float | None], target: float,
+                  higher_is_better: bool) -> float | None:
     """First x where the piecewise-linear curve reaches ``target`` (None if it never does)."""
     prev = None
     for x, y in zip(xs, ys):
@@ -326,14 +330,25 @@ def _slug(s: str) -> str:
 
 
 #: options every label-efficiency-capable task adds to its TaskInfo.defaults
-CURVE_DEFAULTS = {"train_fraction": None, "shots": None, "draws": 5, "curve_boot": 1000}
+#: (curve_boot None: the run's --n-boot)
+CURVE_DEFAULTS = {"train_fraction": None, "shots": None, "draws": 5, "curve_boot": None, "reach": None}
 
 
 def curve_output(ctx: Any, train: Split, test: Split, ytr: Any, yte: Any, fit_predict: Callable[[Any], tuple[Any, Any]],
-                 settings: list[tuple[str, float]], *, draws: int, n_boot: int, metrics: Sequence[str]) -> tuple[dict[str, Any], Any, Any]:
+                 settings: list[tuple[str, float]], *, draws: int, n_boot: int | None, metrics: Sequence[str],
+                 reach: Any = None) -> tuple[dict[str, Any], Any, Any]:
     """Run the curve for a task and build the ``extra`` entry (curve + labels needed); returns
-    (extra entry, primary scores, primary predictions)."""
+    (extra entry, primary scores, primary predictions). ``reach``: absolute targets of the first metric
+    (a number or a list) read off the curve besides the default 95%-of-largest-setting target."""
+    targets = [] if reach is None else (list(reach) if isinstance(reach, (list, tuple)) else [reach])
+    try:
+        targets = [float(t) for t in targets]
+    except (TypeError, ValueError):
+        raise DermbenchError(
+            f"reach={reach!r} must be a number or a list of numbers (targets of {metrics[0]})"
+        ) from None
+    n_boot = int(n_boot) if n_boot is not None else int(getattr(ctx, "n_boot", 1000))
     curve, (scores, y_pred) = run_curve(train, test, ytr, fit_predict, settings, draws=int(draws), metrics=metrics,
-                                        seed=ctx.seed, n_boot=int(n_boot), y_test=yte, log=ctx.log)
-    curve["labels_needed"] = default_targets(curve)
+                                        seed=ctx.seed, n_boot=n_boot, y_test=yte, log=ctx.log)
+    curve["labels_needed"] = default_targets(curve) + [labels_needed(curve, t) for t in targets]
     return curve, scores, y_pred

@@ -59,12 +59,14 @@ class Probe:
     info = INFO
 
     def __init__(self, epochs=50, lr=5e-3, batch_size=256, weight_decay=0.0, standardize=True,
-                 train_split="train", test_split="test", train_fraction=None, shots=None, draws=5, curve_boot=1000):
+                 train_split="train", test_split="test", train_fraction=None, shots=None, draws=5, curve_boot=None,
+                 reach=None):
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.weight_decay, self.standardize = float(weight_decay), bool(standardize)
         self.train_split, self.test_split = train_split, test_split
         self.settings = parse_settings(train_fraction, shots, "probe")
-        self.draws, self.curve_boot = int(draws), int(curve_boot)
+        self.draws, self.reach = int(draws), reach
+        self.curve_boot = int(curve_boot) if curve_boot is not None else None
 
     def fit_predict(self, xtr, ytr, xte, n_cls: int, seed: int):
         """Standardise on the given training rows, train the head, return (softmax scores, argmax)."""
@@ -91,7 +93,8 @@ class Probe:
         if self.settings:
             curve, scores, y_pred = curve_output(
                 ctx, train, test, ytr, yte, lambda pos: self.fit_predict(xtr[pos], ytr[pos], xte, C, ctx.seed),
-                self.settings, draws=self.draws, n_boot=self.curve_boot, metrics=CLASSIFICATION_METRICS)
+                self.settings, draws=self.draws, n_boot=self.curve_boot, metrics=CLASSIFICATION_METRICS,
+                reach=self.reach)
             extra[CURVE_KEY] = curve
         else:
             scores, y_pred = self.fit_predict(xtr, ytr, xte, C, ctx.seed)

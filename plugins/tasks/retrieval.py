@@ -57,10 +57,11 @@ class Retrieval:
     info = INFO
 
     def __init__(self, k: int = 5, train_split: str = "train", test_split: str = "test", train_fraction=None,
-                 shots=None, draws: int = 5, curve_boot: int = 1000):
+                 shots=None, draws: int = 5, curve_boot=None, reach=None):
         self.k, self.train_split, self.test_split = int(k), train_split, test_split
         self.settings = parse_settings(train_fraction, shots, "retrieval")
-        self.draws, self.curve_boot = int(draws), int(curve_boot)
+        self.draws, self.reach = int(draws), reach
+        self.curve_boot = int(curve_boot) if curve_boot is not None else None
 
     def run(self, ctx) -> TaskOutput:
         train, test = ctx.split(self.train_split), ctx.split(self.test_split)
@@ -72,7 +73,8 @@ class Retrieval:
         if self.settings:
             curve, scores, y_pred = curve_output(
                 ctx, train, test, ytr, yte, lambda pos: knn_predict(xtr[pos], ytr[pos], xte, self.k, C),
-                self.settings, draws=self.draws, n_boot=self.curve_boot, metrics=CLASSIFICATION_METRICS)
+                self.settings, draws=self.draws, n_boot=self.curve_boot, metrics=CLASSIFICATION_METRICS,
+                reach=self.reach)
             extra[CURVE_KEY] = curve
         else:
             scores, y_pred = knn_predict(xtr, ytr, xte, self.k, C)
