@@ -166,6 +166,7 @@ class TaskInfo:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     available: bool = True
     unavailable_reason: str = ""
+    in_all: bool = True  # False: `--task all` leaves it out (expensive protocols such as end-to-end fine-tuning)
 
     def as_row(self) -> dict[str, Any]:
         return {

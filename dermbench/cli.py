@@ -169,11 +169,16 @@ def _print_summary(console, summary, out: Path) -> None:
         t = Table(title=f"results ({len(summary.done)} new, {len(summary.reused)} reused) in {out}")
         for col in ("model", "task", "dataset", "metric", "value", "95% CI"):
             t.add_column(col)
+        from dermbench import plugins
+
+        reg = plugins.registry()
         for p in paths:
             rec = read_record(p)
-            for name, m in rec.metrics.items():
-                if name not in ("auroc_macro", "f1_macro", "dice", "jaccard") and len(rec.metrics) > 2:
-                    continue
+            tinfo = reg.tasks[rec.task].info if rec.task in reg.tasks else None
+            shown = [tinfo.primary_metric] if tinfo and tinfo.primary_metric else list(rec.metrics)[:1]
+            shown += [m for m in ("f1_macro", "jaccard") if m in rec.metrics and m not in shown]
+            for name in shown:
+                m = rec.metrics.get(name, {})
                 v, lo, hi = m.get("value"), m.get("ci_low"), m.get("ci_high")
                 t.add_row(rec.model, rec.task, rec.dataset, name, "n/a" if v is None else f"{v:.3f}",
                           "n/a" if lo is None else f"[{lo:.3f}, {hi:.3f}]")

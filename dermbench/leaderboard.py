@@ -677,6 +677,12 @@ def build_leaderboard(
             from dermbench.fairness_plot import fairness_plot
 
             plot_files += [Path(f) for f in fairness_plot(records, out / "plots")]
+            try:  # label-efficiency curves, when probe/retrieval records carry them
+                from dermbench_plugins.tasks.label_efficiency import label_efficiency_plot
+            except ImportError:
+                label_efficiency_plot = None
+            if label_efficiency_plot is not None:
+                plot_files += [Path(f) for f in label_efficiency_plot(records, out / "plots")]
         if "md" in formats:
             (out / "leaderboard.md").write_text("# dermbench leaderboard\n\n" + table)
             files.append(out / "leaderboard.md")

@@ -95,12 +95,18 @@ def plan(models: Sequence[str], tasks: Sequence[str], datasets: Sequence[str], s
     reg = plugins.registry()
     model_infos = [reg.model(m).info for m in models]
     dataset_infos = [reg.dataset(d).info for d in datasets]
+    p = Plan()
     if list(tasks) == ["all"]:
-        task_names = sorted(reg.tasks)
+        task_names = [t for t in sorted(reg.tasks) if reg.tasks[t].info.in_all]
+        left_out = [t for t in sorted(reg.tasks) if not reg.tasks[t].info.in_all]
+        for mi in model_infos:
+            for di in dataset_infos:
+                for t in left_out:
+                    p.skipped.append((Cell(mi.name, t, di.name, seeds[0]),
+                                      f"task {t!r} is not part of --task all (expensive): name it explicitly"))
     else:
         task_names = list(tasks)
     task_infos = [reg.task(t).info for t in task_names]
-    p = Plan()
     for mi in model_infos:
         for di in dataset_infos:
             for ti in task_infos:

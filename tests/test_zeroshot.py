@@ -122,3 +122,14 @@ def test_class_names_expand_abbreviations_and_override():
     assert zs.class_prompt_names(split, {"nevus": "mole"})[0] == "mole"
     with pytest.raises(DermbenchError, match="one name per class"):
         zs.class_prompt_names(split, ["a", "b"])
+
+
+def test_finetune_of_an_image_text_model_trains_the_image_tower_only():
+    from dermbench_plugins.tasks.finetune import FineTuneModel
+
+    bb = load_tiny()
+    for method in ("full", "bitfit"):
+        names = [n for n, _ in FineTuneModel(bb, 3, method).named_trainable()]
+        assert names and all(n.startswith(("backbone.visual.", "head.")) for n in names), method
+    with pytest.raises(DermbenchError, match="match no module"):  # open_clip attention has no 'qkv' Linear
+        FineTuneModel(bb, 3, "lora")

@@ -12,8 +12,8 @@ CIDEr, plus rouge-score's ROUGE-1/2. Hugging Face ``evaluate`` is deliberately n
 metric scripts from the hub at run time, so it fails offline and its numbers depend on the script version
 served that day. Per-caption scores go into the predictions (``bleu1`` ... ``rouge2``) and are scored by the
 runner as ``mean:<key>`` metrics with bootstrap CIs (paired across models). Corpus BLEU-4 is
-the metric ``corpus_bleu4`` (``corpus_bleu1..4`` are registered in ``dermbench.stats.METRICS``), resampled
-over captions through per-caption n-gram statistics (``predictions["bleu_stats"]``). pycocoevalcap's own
+the metric ``corpus_bleu4`` (``corpus_bleu1..4`` resolve through this plugin's ``register_metrics`` hook),
+resampled over captions through per-caption n-gram statistics (``predictions["bleu_stats"]``). pycocoevalcap's own
 corpus-level values (corpus BLEU-1..4, METEOR's aggregate, CIDEr) go to ``extra["corpus"]``. Mean sentence
 BLEU (``mean:bleu4``) is not corpus BLEU-4, nor is ``mean:meteor`` METEOR's aggregate; ``mean:cider`` and
 ``mean:rougeL`` equal their corpus values.
@@ -224,7 +224,7 @@ class Captioning:
         base_preds = {"ids": ids, **base.per_caption, "bleu_stats": base.bleu_stats}
         paired = {}
         for name in metrics:
-            r = stats.paired_test(preds, base_preds, name, split_hash=test.hash, seed=ctx.seed, n_boot=1000)
+            r = stats.paired_test(preds, base_preds, name, split_hash=test.hash, seed=ctx.seed, n_boot=ctx.n_boot)
             paired[name] = {key: r[key] for key in ("diff", "value_a", "value_b", "ci_low", "ci_high", "p_value")}
         corpus_gen = dict(gen.corpus)
         corpus_base = dict(base.corpus)

@@ -51,6 +51,7 @@ INFO = TaskInfo(
               "batch_size": 16, "val_fraction": 0.2, "patience": 3, "lora_r": 8, "lora_alpha": 16,
               "lora_dropout": 0.0, "lora_targets": ["qkv"], "hflip": True, "max_train": None,
               "train_split": "train", "test_split": "test"},
+    in_all=False,  # forward+backward through the backbone: run it by name, not with --task all
 )
 
 
@@ -109,6 +110,10 @@ class FineTuneModel:
         if method == "lora":
             module = self._inject_lora(module, lora_r, lora_alpha, lora_dropout, list(lora_targets))
             self._set_module(module)
+        if hasattr(module, "visual") and hasattr(module, "encode_text"):  # image-text model: image tower only
+            for name, p in module.named_parameters():
+                if not name.startswith("visual."):
+                    p.requires_grad_(False)
         self.module = module
         D = backbone.info.embed_dim
         g = torch.Generator().manual_seed(seed)
