@@ -114,9 +114,14 @@ def run(
     commercial_only: bool = typer.Option(False, "--commercial-only", help="only models/datasets licensed for commercial use"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="skip unreadable images (counted in provenance)"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run a deterministic 1/n of the planned cells"),
+    train_fraction: Optional[str] = typer.Option(None, "--train-fraction",
+                                                 help="label-efficiency curve: fractions of the training labels, e.g. 0.01,0.1,1"),
+    shots: Optional[str] = typer.Option(None, "--shots", help="few-shot: labelled images per class, e.g. 1,5,10"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Run models x tasks x datasets; finished cells are skipped, results are written as JSON records."""
+    import json
+
     from dermbench import runner
 
     models = runner.split_names(model)
@@ -142,6 +147,10 @@ def run(
         shard_t = (i, n)
     p = runner.plan(models, tasks, datasets, seeds, commercial_only)  # validates names first
     task_names = sorted({c.task for c in p.cells} | {c.task for c, _ in p.skipped})
+    for flag, value, cast in (("train_fraction", train_fraction, float), ("shots", shots, int)):
+        if value:
+            vals = [cast(v) for v in value.split(",") if v.strip()]
+            task_opt = [*task_opt, f"{flag}={json.dumps(vals if len(vals) > 1 else vals[0])}"]
     opts = runner.RunOptions(
         out=out, data_root=data_root, seeds=seeds, device=device, overwrite=overwrite,
         task_params=route_task_opts(parse_kv(task_opt, "--task-opt"), task_names),
