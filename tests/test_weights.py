@@ -66,11 +66,43 @@ def test_offline_miss_never_touches_the_network(monkeypatch):
         assert part in msg
 
 
+def _endpoint(monkeypatch, listening: bool):
+    """Point the hub endpoint at a loopback port that accepts (or refuses) TCP connections."""
+    import socket
+
+    from dermbench import weights
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    if listening:
+        srv.listen(4)
+    else:
+        srv.close()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(weights, "_REACHABLE", None)
+    return srv
+
+
+def test_unreachable_hub_is_detected_quickly_and_named(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    _endpoint(monkeypatch, listening=False)
+    tried = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: tried.append(a))
+    with pytest.raises(WeightsUnavailable, match="hub is unreachable from here"):
+        resolve_weights(INFO, None, hub=HUB)
+    assert tried == []  # no client retry loop against a dead endpoint
+
+
 def test_online_download_is_tried_once_per_candidate(monkeypatch, tmp_path):
     import huggingface_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    srv = _endpoint(monkeypatch, listening=True)
     tried = []
 
     def fake(repo, filename, cache_dir=None):
@@ -81,6 +113,7 @@ def test_online_download_is_tried_once_per_candidate(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
     r = resolve_weights(INFO, None, hub=HUB)
+    srv.close()
     assert tried == ["model.safetensors", "pytorch_model.bin"] and r.origin == "hub-download"
     assert r.weights_id == "hub:org/toy-net@" + "d" * 40
 
