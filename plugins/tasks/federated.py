@@ -195,8 +195,18 @@ def simulate(cfg: dict[str, Any], n_clients: int) -> dict[str, Any]:
         "init_args": {"num_cpus": min(2, n_clients), "include_dashboard": False, "logging_level": logging.ERROR,
                       "log_to_driver": False},
     }
-    run_simulation(fl_app.build_server_app(cfg, sink), fl_app.build_client_app(cfg), n_clients,
-                   backend_config=backend)
+    flwr_log = logging.getLogger("flwr")
+    level, handler_levels = flwr_log.level, [(h, h.level) for h in flwr_log.handlers]
+    try:  # Flower logs every round at INFO/DEBUG; dermbench reports the outcome itself
+        flwr_log.setLevel(logging.WARNING)
+        for h, _ in handler_levels:
+            h.setLevel(logging.WARNING)
+        run_simulation(fl_app.build_server_app(cfg, sink), fl_app.build_client_app(cfg), n_clients,
+                       backend_config=backend, verbose_logging=False)
+    finally:
+        flwr_log.setLevel(level)
+        for h, lv in handler_levels:
+            h.setLevel(lv)
     if not sink:
         raise DermbenchError("the Flower simulation ended without a result from the ServerApp (see the log above)")
     return sink
