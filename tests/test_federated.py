@@ -220,3 +220,39 @@ def test_loopback_deployment_on_ham10000_sites_survives_a_dying_client(tmp_path,
     assert len(dep["pids"]) >= 5 and dep["alive_after_stop"] == []
     for pid in dep["pids"]:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_each_dataset_is_a_site_real_ph2_and_ham10000(tmp_path, shared_data):
+    """DermINO's setting: whole datasets as clients (real PH2 binary + real HAM10000 as melanoma vs rest)."""
+    from dataclasses import replace
+
+    from dermbench import plugins, runner
+    from dermbench.results import read_record
+    from dermbench_plugins.tasks.federated import datasets_as_sites
+
+    reg = plugins.registry()
+    ph2 = reg.dataset("ph2-binary").obj(shared_data / "ph2")
+    ham = reg.dataset("ham10000").obj(shared_data / "ham10000")
+    with pytest.raises(DermbenchError, match="share one label space"):
+        datasets_as_sites([ph2, ham], "train", "test")  # 2 vs 7 classes
+
+    mel = ham.label_names.index("mel")
+    ham_mel = replace(ham, samples=[replace(s, label=int(s.label == mel)) for s in ham.samples],
+                      label_names=["other", "melanoma"],
+                      info=replace(ham.info, name="ham10000-mel", label_names=("other", "melanoma")))
+    merged, rec = datasets_as_sites([ph2, ham_mel], "train", "test")
+    assert rec["sites"] == ["ph2-binary", "ham10000-mel"] and rec["label_names_differ"]
+    assert {s.meta["site"] for s in merged.samples} == {"ph2-binary", "ham10000-mel"}
+    assert len(merged.split("test")) == len(ph2.split("test")) + len(ham.split("test"))
+
+    # end to end through the runner and Flower; the second dataset (another root) is handed to the runner loaded
+    opts = runner.RunOptions(out=tmp_path / "r", cache_dir=tmp_path / "c", data_root=shared_data / "ph2", n_boot=100,
+                             task_params={"federated-datasets": {"site_datasets": "ham10000-mel",
+                                                                 "single_class_sites": "include"}})
+    r = runner.Runner(opts, quiet=True)
+    r._datasets["ham10000-mel"] = ham_mel
+    s = r.run(runner.plan(["random-vit"], ["federated-datasets"], ["ph2-binary"]))
+    assert s.ok and len(s.done) == 1, s.failed
+    out = read_record(s.done[0][1])
+    assert out.extra["clients_are"] == "datasets" and sorted(out.extra["clients"]) == ["ham10000-mel", "ph2-binary"]
+    assert len(out.predictions["ids"]) == len(merged.split("test"))

@@ -11,7 +11,9 @@ result also holds, so users see what federation costs:
   which sites trained / evaluated / failed.
 
 Clients are the sites inside one dataset (``Sample.meta["site"]``: HAM10000's ``dataset`` column, dermsynth's
-acquisition sites). The paper's "each dataset is a site" setting is not implemented yet.
+acquisition sites), or -- task ``federated-datasets``, DermINO's setting -- whole datasets: the cell's dataset
+plus ``site_datasets=mednode,fitzpatrick17k-2`` each become one site (every dataset's own train/test split;
+they must have the same number of classes, class i meaning the same thing; differing names are recorded).
 
 Privacy boundary. Features come from the feature store (extracted once per model x split, like every task);
 the task writes each site's own rows to ``client-<i>.npz`` and each Flower ClientApp opens only its file;
@@ -85,6 +87,60 @@ INFO = TaskInfo(
     available=FL_AVAILABLE,
     unavailable_reason="" if FL_AVAILABLE else "Flower is not installed: pip install 'dermbench[fl]'",
 )
+
+
+#: DermINO's setting: each dataset is one site (named explicitly, so not part of --task all)
+INFO_DATASETS = TaskInfo(
+    name="federated-datasets",
+    description="Flower federation where each dataset is a site: the cell's dataset + site_datasets=a,b "
+    "(DermINO: MED-Node, PH2, Fitzpatrick17k-2); otherwise as `federated`",
+    requires=frozenset({"labels"}),
+    capabilities=INFO.capabilities,
+    metrics=INFO.metrics,
+    primary_metric=INFO.primary_metric,
+    defaults={**INFO.defaults, "site_datasets": ""},
+    available=INFO.available,
+    unavailable_reason=INFO.unavailable_reason,
+    in_all=False,
+)
+
+
+def datasets_as_sites(datasets: list[Any], train_split: str, test_split: str) -> tuple[Any, dict[str, Any]]:
+    """One Dataset whose samples carry ``meta['site'] = <dataset name>``, ids prefixed by it.
+
+    Its split hashes cover every member, so two models federated over the same datasets stay paired.
+    """
+    from dataclasses import replace
+
+    from dermbench.api import Dataset, DatasetInfo
+
+    names = [list(d.label_names or d.info.label_names) for d in datasets]
+    first = datasets[0]
+    for d, nm in zip(datasets[1:], names[1:]):
+        if len(nm) != len(names[0]):
+            raise DermbenchError(
+                f"federated-datasets: {d.name!r} has {len(nm)} classes {nm} but {first.name!r} has "
+                f"{len(names[0])} {names[0]}; every site must share one label space (use the binary variants, "
+                "e.g. ph2-binary, mednode, fitzpatrick17k-2)")
+    samples, splits = [], {train_split: [], test_split: []}
+    for d in datasets:
+        for sname in (train_split, test_split):
+            for i in d.split(sname).indices:
+                s = d.samples[i]
+                samples.append(replace(s, id=f"{d.name}/{s.id}", meta={**(s.meta or {}), "site": d.name}))
+                splits[sname].append(len(samples) - 1)
+    fields = set.intersection(*[set(d.info.fields) for d in datasets]) | {"site"}
+    info = DatasetInfo(
+        name="+".join(d.name for d in datasets), fields=frozenset(fields), label_names=tuple(names[0]),
+        license="; ".join(f"{d.name}: {d.info.license}" for d in datasets),
+        commercial_use=all(d.info.commercial_use for d in datasets), needs_root=first.info.needs_root,
+    )
+    merged = Dataset(info=info, samples=samples, splits=splits, label_names=names[0],
+                     split_source="; ".join(f"{d.name}: {d.split_source or 'its own split'}" for d in datasets),
+                     content_fingerprint="|".join(d.content_fingerprint for d in datasets))
+    record = {"sites": [d.name for d in datasets], "label_names": {d.name: nm for d, nm in zip(datasets, names)},
+              "label_names_differ": any(nm != names[0] for nm in names[1:])}
+    return merged, record
 
 
 # ------------------------------------------------------------------------------------------------ sites
@@ -235,13 +291,16 @@ class Federated:
 
     def __init__(self, rounds=2, local_epochs=2, lr=2e-4, batch_size=32, fraction_fit=1.0, fraction_evaluate=1.0,
                  strategy="fedavg", proximal_mu=0.0, single_class_sites="exclude", engine="simulation",
-                 round_timeout=600.0, train_split="train", test_split="test", _fault: str = ""):
+                 round_timeout=600.0, train_split="train", test_split="test", site_datasets="", _fault: str = ""):
         self.params = dict(rounds=rounds, local_epochs=local_epochs, lr=lr, batch_size=batch_size,
                            fraction_fit=fraction_fit, fraction_evaluate=fraction_evaluate, strategy=strategy,
                            proximal_mu=proximal_mu, single_class_sites=single_class_sites, engine=engine,
                            round_timeout=round_timeout, train_split=train_split, test_split=test_split)
         if engine not in ENGINES:
             raise DermbenchError(f"federated.engine={engine!r} is unknown; choose one of {ENGINES}")
+        if isinstance(site_datasets, str):
+            site_datasets = [n.strip() for n in site_datasets.split(",") if n.strip()]
+        self.site_datasets = list(site_datasets or [])
         # fault injection for tests: "raise|exit:<site>:<round>" (see fl_app); also DERMBENCH_FL_FAULT
         self.fault = _fault or os.environ.get("DERMBENCH_FL_FAULT", "")
 
@@ -251,7 +310,15 @@ class Federated:
         from dermbench_plugins.tasks import fl_train
 
         p = self.params
-        train, test = ctx.split(p["train_split"]), ctx.split(p["test_split"])
+        get_split, merged_record = ctx.split, None
+        if self.site_datasets:
+            merged, merged_record = datasets_as_sites(
+                [ctx.dataset] + [ctx.load_dataset(n) for n in self.site_datasets], p["train_split"], p["test_split"])
+            get_split = merged.split
+            if merged_record["label_names_differ"]:
+                ctx.log(f"federated-datasets: class names differ across sites {merged_record['label_names']}; "
+                        "class i is taken to mean the same thing everywhere")
+        train, test = get_split(p["train_split"]), get_split(p["test_split"])
         ytr, yte = labelled(train), labelled(test)
         C = n_classes(test)
         check_train_classes(ytr, C, train)
@@ -312,7 +379,8 @@ class Federated:
                                        seed, n_boot),
             "deployment": summary.get("deployment"),
             "fault_injected": self.fault or None,
-            "note": "clients = sites inside one dataset; the 'each dataset is a site' setting is not implemented",
+            "clients_are": "datasets" if merged_record else "sites inside the dataset",
+            "datasets_as_sites": merged_record,
         }
         np.savez(fl_dir / "weights.npz", federated_weight=w_fed["weight"], federated_bias=w_fed["bias"],
                  centralised_weight=w_cen["weight"], centralised_bias=w_cen["bias"])
@@ -390,3 +458,4 @@ def _paired(a: dict, b: dict, split_hash: str, seed: int, n_boot: int) -> dict[s
 @hookimpl
 def register_tasks(register):
     register(INFO, Federated)
+    register(INFO_DATASETS, Federated)
