@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from dermbench import plugins
 from dermbench.api import DermbenchError, WeightsUnavailable
 
-CANDIDATES = ("dermino", "dinov2-s", "dinov2-b", "vit-b", "resnet50", "random-vit")
+CANDIDATES = ("dermino", "dermino-random", "dinov2-s", "dinov2-b", "vit-b", "resnet50", "random-vit")
 #: the demo's only departures from each task's paper protocol, to fit a few minutes on 2 CPU cores
 #: (printed at start; the published dermsynth leaderboard states them too)
 DEMO_TASK_OPTS: dict[str, dict[str, Any]] = {"captioning": {"epochs": 20}}

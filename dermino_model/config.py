@@ -145,12 +145,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         arch="vit_tiny", depth=4, patch_size=16, drop_path_rate=0.0, layerscale=0.1, n_prototypes=512,
         head_hidden_dim=256, head_bottleneck_dim=128, global_size=96, local_size=48, n_local_crops=2,
-        global_scale=(0.4, 1.0), local_scale=(0.1, 0.4), batch_size_per_gpu=32, epochs=3, epoch_length=0,
+        global_scale=(0.4, 1.0), local_scale=(0.1, 0.4), batch_size_per_gpu=32, epochs=4, epoch_length=0,
         warmup_epochs=0.5, warmup_teacher_temp_epochs=1, freeze_last_layer_epochs=0.25, lr=1e-3,
         layerwise_decay=1.0, momentum_teacher=0.98, text_encoder="auto", cache_images=True, num_workers=1,
         # labelled pretraining images from another dermsynth seed: no overlap with the evaluation split by
         # construction, and the leakage guard checks it against dermsynth's test split anyway
-        sources=[{"dataset": "dermsynth", "split": "all", "options": {"seed": 1, "n": 600, "size": 128}}],
+        sources=[{"dataset": "dermsynth", "split": "all", "options": {"seed": 1, "n": 1200, "size": 128}}],
         probe_dataset="dermsynth", leakage="refuse",
     ),
     # DermINO as published: ViT-B, 224 px, lr 2e-3, 256/GPU, 100 epochs (one epoch = one pass, explicit)
