@@ -24,7 +24,7 @@ bench: install
 	for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 leaderboard: install
-	$(PY) -m dermbench demo --out leaderboards/results --publish leaderboards
+	$(PY) -m dermbench demo --out leaderboards/results --publish leaderboards --n-boot 10000
 
 clean:
 	rm -rf demo-out .pytest_cache

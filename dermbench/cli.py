@@ -370,11 +370,13 @@ def demo(
     n: int = typer.Option(400, "--n", help="dermsynth images"),
     task: str = typer.Option("all", "--task"),
     publish: Optional[Path] = typer.Option(None, "--publish", help="also write md/csv/json/html + plots here"),
+    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates (more give the paired tests finer p-values)"),
 ) -> None:
     """The main job: all offline-runnable models x all tasks on dermsynth, then the leaderboard."""
     from dermbench.demo import run_demo
 
-    raise typer.Exit(run_demo(out, models=models, n=n, tasks=task, publish=publish, console=_console()))
+    raise typer.Exit(run_demo(out, models=models, n=n, tasks=task, publish=publish, console=_console(),
+                              n_boot=n_boot))
 
 
 def _load_plugin_commands() -> None:

@@ -369,6 +369,25 @@ def _notes(ci: str, correction: str, columns: list[Column], records: list[Any]) 
         "Mean rank: over the columns a model has (1 = best; ECE/Brier: lower is better); "
         "[interval]: 2.5–97.5 percentiles of the mean rank over bootstrap replicates.",
         f"License: * = no commercial use. Overlap {OVERLAP_MARK}: the model's declared training data includes the evaluated dataset.",
+    ] + _resolution_warning(correction, columns)
+
+
+def _resolution_warning(correction: str, columns: list[Column]) -> list[str]:
+    """Say so when B is too small for any difference to survive the correction (p >= 1/(B+1) by construction)."""
+    m = sum(1 for c in columns for e in c.entries.values() if e.p is not None)
+    bs = [e.n_boot for c in columns for e in c.entries.values() if e.p is not None]
+    if not m or correction == "none":
+        return []
+    B = min(bs)
+    floor = min(1.0, m / (B + 1)) if correction == "holm" else 1 / (B + 1)
+    if floor < ALPHA:
+        return []
+    need = int(m / ALPHA) + 1
+    return [
+        f"**Resolution warning**: with B={B} replicates the smallest possible p is 1/(B+1), and {m} comparisons "
+        f"under {correction} make the smallest adjusted p {floor:.3g} >= alpha={ALPHA}: no difference in this table "
+        f"can be declared significant, so {TIE_MARK} carries no information here. Re-run with `--n-boot {need}` or more, "
+        "or build a smaller table (--task/--dataset)."
     ]
 
 
