@@ -631,7 +631,7 @@ def _readme(records: list[Any], settings: dict[str, Any], files: list[Path], out
         "",
         "Generated from stored result records only, by `dermbench leaderboard` "
         f"(settings: `{json.dumps(settings)}`). The published dermsynth board is regenerated with "
-        "`make leaderboard` (runs `dermbench demo --out leaderboards/results --publish leaderboards`).",
+        "`make leaderboard` (runs `dermbench demo --out leaderboards/results --publish leaderboards --n-boot 10000`).",
         "",
         "## How each table was produced",
         "",
