@@ -235,3 +235,20 @@ def test_killed_run_resumes_without_redoing_or_corrupting(tmp_path):
     recs = sorted(out.rglob("seed*.json"))
     assert len(recs) == 6
     assert first.stat().st_mtime_ns == mtime  # finished cell not redone
+
+
+def test_generic_csv_fields_are_known_after_loading(tmp_path):
+    """A private CSV with a caption column: the registered `csv` info only promises labels; the runner re-plans
+    against the loaded dataset, so captioning becomes compatible and masks-needing tasks stay skipped."""
+    ds = plugins.registry().dataset("dermsynth").obj(None, n=16, size=32)
+    rows = ["path,label,caption"]
+    for s in ds.samples:
+        s.load_image().save(tmp_path / f"{s.id}.png")
+        rows.append(f"{s.id}.png,{ds.label_names[s.label]},\"{s.caption}\"")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    opts = runner.RunOptions(out=tmp_path / "r", data_root=tmp_path, dataset_opts={"csv": "labels.csv", "caption_col": "caption"})
+    p = runner.plan(["random-vit"], ["captioning", "segmentation", "retrieval"], ["csv"])
+    assert "captioning" in dict((c.task, w) for c, w in p.skipped)  # before loading: only labels are promised
+    refined = runner.Runner(opts, quiet=True).refine(p)
+    assert {c.task for c in refined.cells} == {"captioning", "retrieval"}
+    assert "has no masks" in dict((c.task, w) for c, w in refined.skipped)["segmentation"]
