@@ -66,9 +66,33 @@ def run_demo(out: Path = Path("demo-out"), models: str = "auto", n: int = 400, t
     opts = runner.RunOptions(out=Path(out), dataset_opts={"n": n}, n_boot=n_boot,
                              task_params={t: dict(o) for t, o in DEMO_TASK_OPTS.items()})
     summary = runner.run(names, runner.split_names(tasks), ["dermsynth"], opts, console=console)
-    res = lb.build_leaderboard(Path(out), formats=("md", "csv", "json", "html") if publish else ("md",),
-                               out=publish, plots=publish is not None)
-    print(res["table"])
-    for f in res.get("files", []):
-        log(f"wrote {f}")
+    target = publish or Path(out) / "leaderboard"
+    res = lb.build_leaderboard(Path(out), formats=("md", "csv", "json", "html") if publish else ("md", "html"),
+                               out=target, plots=publish is not None)
+    print(compact_table(res["data"]))
+    log(f"full leaderboard (every metric, CIs, paired tests): {target / 'leaderboard.md'} and "
+        f"{target / 'leaderboard.html'}")
     return 0 if summary.ok else 1
+
+
+def compact_table(data: dict[str, Any]) -> str:
+    """One column per task (its primary metric): value [95% CI], **best**, ≈ not significantly worse (Holm)."""
+    reg = plugins.registry()
+    cols = []
+    for c in data["columns"]:
+        info = reg.tasks[c["task"]].info if c["task"] in reg.tasks else None
+        if info is not None and c["metric"] == (info.primary_metric or (info.metrics[0] if info.metrics else None)):
+            cols.append(c)
+    head = ["model", "mean rank"] + [f"{c['task']}/{c['dataset']} {c['metric']}" for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in data["rows"]:
+        cells = [row["model"], f"{row.get('mean_rank', float('nan')):.2f}" if row.get("mean_rank") is not None else "-"]
+        for c in cols:
+            e = row["cells"].get(c["key"])
+            if not e or e.get("value") is None:
+                cells.append("-")
+                continue
+            txt = f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+            cells.append(f"**{txt}**" if e.get("best") else txt + (" ≈" if e.get("tie") else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -79,3 +79,14 @@ def test_cache_ls_and_clear(tmp_path):
 def test_option_values_are_typed(raw, val):
     assert parse_value(raw) == val
     assert parse_kv([f"a={raw}"], "--x") == {"a": val}
+
+
+def test_demo_command_runs_and_prints_the_compact_leaderboard(tmp_path):
+    env = {**__import__("os").environ, "DERMBENCH_CACHE": str(tmp_path / "cache")}
+    r = dermbench("demo", "--models", "random-vit", "--n", "24", "--task", "retrieval,probe", "--out",
+                  str(tmp_path / "demo"), env=env)
+    assert r.returncode == 0, r.stderr
+    table = [line for line in r.stdout.splitlines() if line.startswith("| random-vit |")]
+    assert table and "probe/dermsynth auroc_macro" in r.stdout
+    md = (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()
+    assert "retrieval/dermsynth/f1_macro" in md and (tmp_path / "demo" / "leaderboard" / "leaderboard.html").exists()
