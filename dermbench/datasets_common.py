@@ -278,6 +278,18 @@ class Row:
     split: str | None = None  # official split name, where the dataset has one
 
 
+def variant_loader(load: Any, variant: str, doc: str) -> Any:
+    """A named ``loader(root, **opts)`` for one registered variant of a multi-variant dataset module
+    (``load(variant, root, **opts)`` does the work); one per registered name, so tests and users can import it."""
+
+    def loader(root: Any, **opts: Any) -> Dataset:
+        return load(variant, root, **opts)
+
+    loader.__name__ = "load_" + variant.replace("-", "_")
+    loader.__doc__ = doc
+    return loader
+
+
 def build_dataset(
     info: DatasetInfo,
     rows: Sequence[Row],

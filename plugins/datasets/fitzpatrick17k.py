@@ -16,6 +16,7 @@ from typing import Any
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
 from dermbench.datasets_common import (
+    variant_loader,
     Row,
     as_root,
     build_dataset,
@@ -147,18 +148,10 @@ def _load(
     )
 
 
-def _loader(variant: str):
-    def load(root: Any, **opts: Any) -> Dataset:
-        return _load(variant, root, **opts)
-
-    load.__name__ = "load_" + variant.replace("-", "_")
-    load.__doc__ = f"Fitzpatrick17k, {VARIANTS[variant][2]}."
-    return load
-
-
-load_fitzpatrick17k_2 = _loader("fitzpatrick17k-2")
-load_fitzpatrick17k_3 = _loader("fitzpatrick17k-3")
-load_fitzpatrick17k_9 = _loader("fitzpatrick17k-9")
+load_fitzpatrick17k_2, load_fitzpatrick17k_3, load_fitzpatrick17k_9 = (
+    variant_loader(_load, v, f"Fitzpatrick17k, {VARIANTS[v][2]}.")
+    for v in ("fitzpatrick17k-2", "fitzpatrick17k-3", "fitzpatrick17k-9")
+)
 
 
 @hookimpl

@@ -15,6 +15,7 @@ from typing import Any
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo
 from dermbench.datasets_common import (
+    variant_loader,
     Row,
     as_root,
     build_dataset,
@@ -139,14 +140,10 @@ def _load(
     )
 
 
-def load_ham10000(root: Any, **opts: Any) -> Dataset:
-    """HAM10000, 7 classes; split grouped by lesion_id. ``metadata=<file>`` picks another metadata copy."""
-    return _load("ham10000", root, **opts)
-
-
-def load_ham10000_seg(root: Any, **opts: Any) -> Dataset:
-    """HAM10000 with Tschandl lesion masks (image/mask sizes checked at load time)."""
-    return _load("ham10000-seg", root, **opts)
+load_ham10000 = variant_loader(
+    _load, "ham10000", "HAM10000, 7 classes; split grouped by lesion_id. ``metadata=<file>`` picks another copy.")
+load_ham10000_seg = variant_loader(
+    _load, "ham10000-seg", "HAM10000 with Tschandl lesion masks (image/mask sizes checked at load time).")
 
 
 @hookimpl

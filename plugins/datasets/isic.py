@@ -14,6 +14,7 @@ from typing import Any
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
 from dermbench.datasets_common import (
+    variant_loader,
     Row,
     as_root,
     build_dataset,
@@ -280,18 +281,10 @@ def _load_seg(name: str, root: Any, *, skip_bad_images: bool = False, split_seed
     )
 
 
-def _seg_loader(name: str):
-    def load(root: Any, **opts: Any) -> Dataset:
-        return _load_seg(name, root, **opts)
-
-    load.__name__ = "load_" + name.replace("-", "_")
-    load.__doc__ = f"ISIC {SEG[name]['year']} lesion segmentation, official partition."
-    return load
-
-
-load_isic2016_seg = _seg_loader("isic2016-seg")
-load_isic2017_seg = _seg_loader("isic2017-seg")
-load_isic2018_seg = _seg_loader("isic2018-seg")
+load_isic2016_seg, load_isic2017_seg, load_isic2018_seg = (
+    variant_loader(_load_seg, v, f"ISIC {SEG[v]['year']} lesion segmentation, official partition.")
+    for v in ("isic2016-seg", "isic2017-seg", "isic2018-seg")
+)
 
 
 @hookimpl

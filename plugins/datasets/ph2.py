@@ -14,6 +14,7 @@ from typing import Any
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
 from dermbench.datasets_common import (
+    variant_loader,
     Row,
     as_root,
     build_dataset,
@@ -224,19 +225,9 @@ def _load(
     )
 
 
-def load_ph2(root: Any, **opts: Any) -> Dataset:
-    """PH2, 3 classes (common nevus / atypical nevus / melanoma)."""
-    return _load("ph2", root, **opts)
-
-
-def load_ph2_binary(root: Any, **opts: Any) -> Dataset:
-    """PH2, melanoma (1) vs nevus (0)."""
-    return _load("ph2-binary", root, **opts)
-
-
-def load_ph2_seg(root: Any, **opts: Any) -> Dataset:
-    """PH2 with lesion masks (image/mask sizes checked at load time)."""
-    return _load("ph2-seg", root, **opts)
+load_ph2 = variant_loader(_load, "ph2", "PH2, 3 classes (common nevus / atypical nevus / melanoma).")
+load_ph2_binary = variant_loader(_load, "ph2-binary", "PH2, melanoma (1) vs nevus (0).")
+load_ph2_seg = variant_loader(_load, "ph2-seg", "PH2 with lesion masks (image/mask sizes checked at load time).")
 
 
 @hookimpl

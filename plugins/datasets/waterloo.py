@@ -13,7 +13,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import Row, as_root, build_dataset, dataset_options, describe_dir, find_file, index_files
+from dermbench.datasets_common import Row, as_root, variant_loader, build_dataset, dataset_options, describe_dir, find_file, index_files
 
 CLASSES = ("not melanoma", "melanoma")
 LAYOUT = "<any>/melanoma/<source>/<base>_orig.jpg + <base>_contour.png and <any>/notmelanoma/..."
@@ -88,14 +88,8 @@ def _load(
     )
 
 
-def load_waterloo(root: Any, **opts: Any) -> Dataset:
-    """Waterloo skin cancer, melanoma (1) vs not (0)."""
-    return _load("waterloo", root, **opts)
-
-
-def load_waterloo_seg(root: Any, **opts: Any) -> Dataset:
-    """Waterloo skin cancer with lesion contour masks."""
-    return _load("waterloo-seg", root, **opts)
+load_waterloo = variant_loader(_load, "waterloo", "Waterloo skin cancer, melanoma (1) vs not (0).")
+load_waterloo_seg = variant_loader(_load, "waterloo-seg", "Waterloo skin cancer with lesion contour masks.")
 
 
 @hookimpl
