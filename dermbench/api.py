@@ -167,6 +167,13 @@ class TaskInfo:
     available: bool = True
     unavailable_reason: str = ""
     in_all: bool = True  # False: `--task all` leaves it out (expensive protocols such as end-to-end fine-tuning)
+    #: declarative checks of task options, applied by the runner before any work: ``{"epochs": (1, None)}`` is an
+    #: inclusive numeric range (None: unbounded; list-valued options are checked element-wise),
+    #: ``{"solver": frozenset({"sgd", "adam"})}`` a set of allowed values. Types always follow ``defaults``.
+    option_ranges: Mapping[str, Any] = field(default_factory=dict)
+    #: named protocol presets (``--protocol NAME``): option overrides applied over ``defaults`` (user
+    #: ``--task-opt`` values win), e.g. ``{"dermino": {"solver": "adam"}}``. "default" means no override.
+    protocols: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def as_row(self) -> dict[str, Any]:
         return {
