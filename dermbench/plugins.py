@@ -73,6 +73,10 @@ class Registry:
         return self._get("tasks", name)
 
     def dataset(self, name: str) -> Entry:
+        if ":" in name and name not in self.datasets:  # derived view <dataset>:<view> (dermbench.views)
+            from dermbench import views
+
+            return views.view_entry(self, name)
         return self._get("datasets", name)
 
 
