@@ -5,7 +5,7 @@ DERMBENCH := $(VENV)/bin/dermbench
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench leaderboard clean
+.PHONY: install demo test bench leaderboard clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)

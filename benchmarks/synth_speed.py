@@ -14,7 +14,7 @@ import time
 
 from PIL import Image
 
-from dermbench import synth
+from dermbench_plugins.datasets.dermsynth import generator as synth
 
 
 def main() -> None:

@@ -693,11 +693,11 @@ def build_leaderboard(
         out.mkdir(parents=True, exist_ok=True)
         plot_files = make_plots(columns, order, out / "plots") if plots else []
         if plots:  # per-group curves for fairness records (one line per model)
-            from dermbench.fairness_plot import fairness_plot
+            from dermbench_plugins.tasks.fairness.plot import fairness_plot
 
             plot_files += [Path(f) for f in fairness_plot(records, out / "plots")]
             try:  # label-efficiency curves, when probe/retrieval records carry them
-                from dermbench_plugins.tasks.label_efficiency import label_efficiency_plot
+                from dermbench_plugins.tasks.label_efficiency.curves import label_efficiency_plot
             except ImportError:
                 label_efficiency_plot = None
             if label_efficiency_plot is not None:

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dermbench import plugins, runner, stats  # noqa: E402
 from dermbench.results import load_records  # noqa: E402
-from dermbench_plugins.tasks._classification import CLASSIFICATION_METRICS, reliability_plot  # noqa: E402
+from dermbench_plugins.tasks._shared.classification import CLASSIFICATION_METRICS, reliability_plot  # noqa: E402
 
 
 def ece_by_loop(y_true, probs, n_bins=15):

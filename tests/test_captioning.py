@@ -15,8 +15,8 @@ import pytest
 from dermbench import runner
 from dermbench.api import DermbenchError
 from dermbench.results import read_record
-from dermbench_plugins.tasks import caption_lm as L
-from dermbench_plugins.tasks import caption_metrics as M
+from dermbench_plugins.tasks.captioning import lm as L
+from dermbench_plugins.tasks.captioning import metrics as M
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -189,7 +189,7 @@ def test_hf_lm_with_lora_pad_and_visual_tokens(tmp_path, feature_cache):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from dermbench import synth
+    from dermbench_plugins.datasets.dermsynth import generator as synth
 
     caps = [synth.plan(synth.SynthConfig(), i).caption for i in range(24)]
     base = L.word_tokenizer(caps)

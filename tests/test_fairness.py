@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dermbench import fairness_stats as fs
+from dermbench_plugins.tasks.fairness import stats as fs
 from dermbench import hookimpl, plugins, runner, stats
 from dermbench.api import DermbenchError, ModelInfo, Preprocess
 from dermbench_plugins.tasks.fairness import Fairness, age_bin, parse_age_bins
@@ -81,7 +81,7 @@ def _records(summary):
 
 def test_dermsynth_planted_skin_tone_gap_detected_and_absent_without_gap(tmp_path, models):
     from dermbench import leaderboard
-    from dermbench.fairness_plot import fairness_plot
+    from dermbench_plugins.tasks.fairness.plot import fairness_plot
     from dermbench.results import load_records
 
     params = {"fitzpatrick": "grouped", "attributes": "fitzpatrick,sex", "base_opts": "epochs=100,lr=0.01",
@@ -372,7 +372,7 @@ def test_segmentation_base_gives_dice_gap_and_worst_group_dice(tmp_path):
     assert rec["metrics"]["gap:dice@fitzpatrick"]["value"] == pytest.approx(max(means.values()) - min(means.values()))
     assert rec["metrics"]["worst:dice@fitzpatrick"]["value"] == pytest.approx(min(means.values()))
     assert "eod@fitzpatrick" not in rec["metrics"] and rec["extra"]["base"] == "segmentation"
-    from dermbench.fairness_plot import fairness_series
+    from dermbench_plugins.tasks.fairness.plot import fairness_series
 
     series = fairness_series([rec])[("dermsynth", "fitzpatrick")]
     assert series["metric"] == "dice" and series["groups"] == tab["scored"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dermbench.api import Dataset, DatasetInfo, DermbenchError, Sample
-from dermbench_plugins.tasks import fl_train
+from dermbench_plugins.tasks.federated import train as fl_train
 from dermbench_plugins.tasks.federated import INFO, plan_clients, run_config, simulate, site_arrays
 
 needs_flower = pytest.mark.skipif(not INFO.available, reason="flwr[simulation] not installed")

@@ -12,7 +12,7 @@ from dermbench import runner  # noqa: E402
 from dermbench.api import DermbenchError  # noqa: E402
 from dermbench.cli import parse_value  # noqa: E402
 from dermbench.results import load_records  # noqa: E402
-from dermbench_plugins.tasks.label_efficiency import (  # noqa: E402
+from dermbench_plugins.tasks.label_efficiency.curves import (  # noqa: E402
     CURVE_KEY, draw_subset, label_efficiency_plot, labels_needed, parse_settings,
 )
 

@@ -71,7 +71,7 @@ def test_resolve_layers_evenly_spaced_vit_blocks_and_cnn_stages():
 def test_upernet_head_builds_pyramid_for_vit_patch14_and_uses_cnn_stages():
     import torch
 
-    from dermbench_plugins.tasks.seg_heads import UperNetHead
+    from dermbench_plugins.tasks.segmentation.heads import UperNetHead
 
     torch.manual_seed(0)
     vit = [torch.randn(2, 24, 16, 16) for _ in range(4)]  # ViT patch 14 at 224 px: 16 x 16 grid

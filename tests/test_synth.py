@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-from dermbench import synth
+from dermbench_plugins.datasets.dermsynth import generator as synth
 from dermbench.api import DermbenchError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -312,7 +312,7 @@ def test_plugin_registers_both_datasets(registry):
         assert {"labels", "masks", "captions", "fitzpatrick", "sex", "age", "site"} <= info.fields
         assert info.needs_root is False and info.official_split is True
         assert info.license == "CC0-1.0 (generated)" and info.commercial_use is True
-    from dermbench import synth as s
+    from dermbench_plugins.datasets.dermsynth import generator as s
 
     assert registry.dataset("dermsynth").info.label_names == s.DIAGNOSES
     assert registry.dataset("dermsynth-severity").info.label_names == s.SEVERITY_GRADES

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from dermbench import hookimpl
 from dermbench.api import DermbenchError, Split, TaskInfo, TaskOutput
-from dermbench_plugins.tasks._classification import (
+from dermbench_plugins.tasks._shared.classification import (
     CLASSIFICATION_METRICS, calibration_artifacts, check_train_classes, labelled, n_classes, predictions,
 )
 
@@ -345,7 +345,7 @@ class FineTune:
         check_train_classes(ytr_all, C, train)
         pos = np.arange(len(train))
         if self.max_train is not None and self.max_train < len(train):
-            from dermbench_plugins.tasks.label_efficiency import draw_subset
+            from dermbench_plugins.tasks.label_efficiency.curves import draw_subset
 
             pos = draw_subset(ytr_all, train.hash, 0, "fraction", self.max_train / len(train))
         tr_rel, va_rel = carve_validation(ytr_all[pos], self.val_fraction, train.hash, ctx.seed)

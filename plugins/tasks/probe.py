@@ -1,7 +1,7 @@
 """Linear probe on frozen features: Adam lr 5e-3, cosine schedule, 50 epochs, cross-entropy (DermINO).
 
 With ``train_fraction`` or ``shots`` (a value or a list) the probe is trained on ``draws`` seeded label subsets
-per setting and the label-efficiency curve goes into ``extra['label_efficiency']`` (see label_efficiency.py);
+per setting and the label-efficiency curve goes into ``extra['label_efficiency']`` (see label_efficiency/curves.py);
 the record's predictions are then those of the largest setting, draw 0.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dermbench import hookimpl
 from dermbench.api import TaskInfo, TaskOutput
-from dermbench_plugins.tasks._classification import (
+from dermbench_plugins.tasks._shared.classification import (
     CLASSIFICATION_METRICS, calibration_artifacts, check_train_classes, labelled, n_classes, predictions,
 )
-from dermbench_plugins.tasks.label_efficiency import CURVE_DEFAULTS, CURVE_KEY, curve_output, parse_settings
+from dermbench_plugins.tasks.label_efficiency.curves import CURVE_DEFAULTS, CURVE_KEY, curve_output, parse_settings
 
 INFO = TaskInfo(
     name="probe",

@@ -1,17 +1,17 @@
 """kNN retrieval on frozen features: cosine similarity, k nearest training images, majority vote (DermINO).
 
 With ``train_fraction`` or ``shots`` the gallery is a seeded label subset (``draws`` per setting) and the
-label-efficiency curve goes into ``extra['label_efficiency']`` (see label_efficiency.py).
+label-efficiency curve goes into ``extra['label_efficiency']`` (see label_efficiency/curves.py).
 """
 
 from __future__ import annotations
 
 from dermbench import hookimpl
-from dermbench.api import TaskInfo, TaskOutput
-from dermbench_plugins.tasks._classification import (
+from dermbench.api import DermbenchError, TaskInfo, TaskOutput
+from dermbench_plugins.tasks._shared.classification import (
     CLASSIFICATION_METRICS, calibration_artifacts, check_train_classes, labelled, n_classes, predictions,
 )
-from dermbench_plugins.tasks.label_efficiency import CURVE_DEFAULTS, CURVE_KEY, curve_output, parse_settings
+from dermbench_plugins.tasks.label_efficiency.curves import CURVE_DEFAULTS, CURVE_KEY, curve_output, parse_settings
 
 INFO = TaskInfo(
     name="retrieval",
@@ -21,31 +21,149 @@ INFO = TaskInfo(
     capabilities=frozenset({"cls"}),
     metrics=CLASSIFICATION_METRICS,
     primary_metric="auroc_macro",
-    defaults={"k": 5, "train_split": "train", "test_split": "test", **CURVE_DEFAULTS},
+    defaults={"k": 5, "train_split": "train", "test_split": "test", "index": "exact", **CURVE_DEFAULTS},
 )
 
 
-def knn_predict(train_x, train_y, test_x, k: int, n_cls: int, chunk: int = 1024):
-    """Vote fractions (n, C) and predictions; ties between classes go to the larger summed similarity."""
+INDEXES = ("exact", "torch", "faiss-exact", "faiss-hnsw")
+
+
+def _unit(a):
     import numpy as np
 
-    def norm(a):
-        a = np.asarray(a, dtype=np.float32)
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    a = np.asarray(a, dtype=np.float32)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
-    tr, te = norm(train_x), norm(test_x)
+
+def _order(idx, top):
+    """Sort each row's k neighbours by similarity (descending), ties by training index: the reference order."""
+    import numpy as np
+
+    o = np.argsort(idx, axis=1, kind="stable")
+    idx, top = np.take_along_axis(idx, o, 1), np.take_along_axis(top, o, 1)
+    o = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(idx, o, 1), np.take_along_axis(top, o, 1)
+
+
+def topk_exact(sims, k: int):
+    """The first k columns of ``argsort(-sims, kind='stable')`` per row, in O(n) per row instead of O(n log n).
+
+    argpartition finds the k-th largest value t; a row where exactly k entries are >= t has its set fixed.
+    Rows with ties at t (duplicates, quantised features) take the > t entries plus the lowest-index == t ones,
+    and rows holding NaN fall back to the stable sort, so the neighbours are exactly the reference's.
+    """
+    import numpy as np
+
+    m, n = sims.shape
+    if k >= n or k == 0:
+        idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return idx, np.take_along_axis(sims, idx, 1)
+    idx = np.argpartition(sims, n - k, axis=1)[:, n - k :]  # NaN sorts last, i.e. into this block
+    top = np.take_along_axis(sims, idx, 1)
+    thr = top.min(axis=1)  # NaN when the row holds NaN
+    nan = np.isnan(thr)
+    tie = (np.count_nonzero(sims >= thr[:, None], axis=1) != k) & ~nan
+    if tie.any():
+        r = np.flatnonzero(tie)
+        s, t = sims[r], thr[r][:, None]
+        gt, eq = s > t, s == t
+        need = k - np.count_nonzero(gt, axis=1)
+        sel = gt | (eq & (np.cumsum(eq, axis=1) <= need[:, None]))
+        cols = np.nonzero(sel)[1].reshape(len(r), k)
+        idx[r], top[r] = cols, np.take_along_axis(s, cols, 1)
+    if nan.any():
+        r = np.flatnonzero(nan)
+        cols = np.argsort(-sims[r], axis=1, kind="stable")[:, :k]
+        idx[r], top[r] = cols, np.take_along_axis(sims[r], cols, 1)
+    return _order(idx, top)
+
+
+def _topk_torch(s, k: int):
+    """torch twin of topk_exact for one chunk on the accelerator; returns numpy (idx, top) in reference order."""
+    import torch
+
+    top, idx = torch.topk(s, k, dim=1)
+    thr = top[:, -1]
+    nan = torch.isnan(s).any(dim=1)
+    tie = ((s >= thr[:, None]).sum(dim=1) != k) & ~nan
+    if bool(tie.any()):
+        r = torch.nonzero(tie).flatten()
+        sr, t = s[r], thr[r][:, None]
+        gt, eq = sr > t, sr == t
+        need = k - gt.sum(dim=1)
+        sel = gt | (eq & (torch.cumsum(eq.int(), dim=1) <= need[:, None]))
+        cols = torch.nonzero(sel)[:, 1].reshape(len(r), k)
+        idx[r], top[r] = cols, torch.gather(sr, 1, cols)
+    if bool(nan.any()):
+        r = torch.nonzero(nan).flatten()
+        cols = torch.sort(-s[r], dim=1, stable=True).indices[:, :k]
+        idx[r], top[r] = cols, torch.gather(s[r], 1, cols)
+    return _order(idx.cpu().numpy().astype("int64"), top.float().cpu().numpy())
+
+
+def knn_search(tr, te, k: int, index: str = "exact", chunk: int = 1024, device: str = "cpu",
+               hnsw_m: int = 32, ef_search: int = 128):
+    """(idx, sims) of the k nearest unit-norm training rows for each test row, most similar first.
+
+    ``exact`` (default): numpy matmul + partial selection, identical to a stable full sort (ties by training index).
+    ``torch``: the same rule on ``device`` (e.g. CUDA); similarities may differ from numpy in the last bit.
+    ``faiss-exact``: faiss IndexFlatIP, exact inner product (ties at the k-th place may resolve differently).
+    ``faiss-hnsw``: faiss HNSW graph, approximate; for banks >= 1e5 where exact search is too slow.
+    """
+    import numpy as np
+
+    if index == "exact":
+        parts = [topk_exact(te[lo : lo + chunk] @ tr.T, k) for lo in range(0, len(te), chunk)]
+    elif index == "torch":
+        import torch
+
+        T = torch.from_numpy(np.ascontiguousarray(tr)).to(device)
+        with torch.inference_mode():
+            parts = [_topk_torch(torch.from_numpy(np.ascontiguousarray(te[lo : lo + chunk])).to(device) @ T.T, k)
+                     for lo in range(0, len(te), chunk)]
+    elif index in ("faiss-exact", "faiss-hnsw"):
+        try:
+            import faiss
+        except ImportError:
+            raise DermbenchError(f"retrieval index={index!r} needs faiss: pip install 'dermbench[index]' "
+                                 "(faiss-cpu), or use index=exact") from None
+        d = tr.shape[1]
+        if index == "faiss-exact":
+            ix = faiss.IndexFlatIP(d)
+        else:
+            ix = faiss.IndexHNSWFlat(d, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
+            ix.hnsw.efSearch = max(int(ef_search), k)
+        ix.add(np.ascontiguousarray(tr))
+        top, idx = ix.search(np.ascontiguousarray(te), k)
+        if (idx < 0).any():
+            raise DermbenchError(f"retrieval index={index!r} found fewer than k={k} neighbours for "
+                                 f"{int((idx < 0).any(axis=1).sum())} test rows: raise ef_search or use index=exact")
+        parts = [_order(idx.astype(np.int64), top.astype(np.float32))]
+    else:
+        raise DermbenchError(f"retrieval index={index!r} is unknown: use one of {', '.join(INDEXES)}")
+    if not parts:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def knn_predict(train_x, train_y, test_x, k: int, n_cls: int, chunk: int = 1024, index: str = "exact",
+                device: str = "cpu"):
+    """Vote fractions (n, C) and predictions; ties between classes go to the larger summed similarity.
+
+    Neighbours: highest cosine similarity first, ties by training index (see ``knn_search`` for backends).
+    """
+    import numpy as np
+
+    tr, te = _unit(train_x), _unit(test_x)
     k = min(k, len(tr))
+    idx, top = knn_search(tr, te, k, index=index, chunk=chunk, device=device)
+    lab = np.asarray(train_y)[idx]
     votes = np.zeros((len(te), n_cls), dtype=np.float64)
     simsum = np.zeros((len(te), n_cls), dtype=np.float64)
-    for lo in range(0, len(te), chunk):
-        sims = te[lo : lo + chunk] @ tr.T
-        # stable order: highest similarity first, ties by training index
-        idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        top = np.take_along_axis(sims, idx, axis=1)
-        lab = train_y[idx]
-        rows = np.arange(len(idx))[:, None]
-        np.add.at(votes[lo : lo + chunk], (rows, lab), 1.0)
-        np.add.at(simsum[lo : lo + chunk], (rows, lab), top)
+    rows = np.arange(len(te))
+    for j in range(k):  # column by column = np.add.at's order: bit-identical sums
+        votes[rows, lab[:, j]] += 1.0
+        simsum[rows, lab[:, j]] += top[:, j]
     scores = votes / k
     # argmax of votes, then of summed similarity (|simsum| <= k, so it only breaks ties)
     key = votes * 1e6 + simsum
@@ -57,8 +175,12 @@ class Retrieval:
     info = INFO
 
     def __init__(self, k: int = 5, train_split: str = "train", test_split: str = "test", train_fraction=None,
-                 shots=None, draws: int = 5, curve_boot=None, reach=None):
+                 shots=None, draws: int = 5, curve_boot=None, reach=None, index: str = "exact"):
         self.k, self.train_split, self.test_split = int(k), train_split, test_split
+        if index not in INDEXES:
+            raise DermbenchError(f"retrieval.index={index!r} is unknown: use one of {', '.join(INDEXES)} "
+                                 "(exact is the default; faiss-hnsw is approximate)")
+        self.index = index
         self.settings = parse_settings(train_fraction, shots, "retrieval")
         self.draws, self.reach = int(draws), reach
         self.curve_boot = int(curve_boot) if curve_boot is not None else None
@@ -69,15 +191,20 @@ class Retrieval:
         C = n_classes(test)
         check_train_classes(ytr, C, train)
         xtr, xte = ctx.features(train), ctx.features(test)
-        extra: dict = {"k": self.k, "n_train": len(train)}
+        # the record says which search ran: only faiss-hnsw is approximate
+        extra: dict = {"k": self.k, "n_train": len(train), "index": self.index,
+                       "index_exact": self.index != "faiss-hnsw"}
+        if self.index == "torch":
+            extra["index_device"] = str(ctx.device)
+        knn = dict(index=self.index, device=ctx.device)
         if self.settings:
             curve, scores, y_pred = curve_output(
-                ctx, train, test, ytr, yte, lambda pos: knn_predict(xtr[pos], ytr[pos], xte, self.k, C),
+                ctx, train, test, ytr, yte, lambda pos: knn_predict(xtr[pos], ytr[pos], xte, self.k, C, **knn),
                 self.settings, draws=self.draws, n_boot=self.curve_boot, metrics=CLASSIFICATION_METRICS,
                 reach=self.reach)
             extra[CURVE_KEY] = curve
         else:
-            scores, y_pred = knn_predict(xtr, ytr, xte, self.k, C)
+            scores, y_pred = knn_predict(xtr, ytr, xte, self.k, C, **knn)
         arts = calibration_artifacts(ctx, yte, scores)
         return TaskOutput(predictions(test, yte, scores, y_pred), list(CLASSIFICATION_METRICS), test,
                           extra=extra, artifacts=arts)

@@ -21,7 +21,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import DermbenchError, Split, TaskInfo, TaskOutput
-from dermbench_plugins.tasks._classification import (
+from dermbench_plugins.tasks._shared.classification import (
     CLASSIFICATION_METRICS, calibration_artifacts, labelled, n_classes, predictions,
 )
 

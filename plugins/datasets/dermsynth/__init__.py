@@ -101,7 +101,7 @@ def load(kind: str, root: Any = None, **opts: Any) -> Dataset:
     n = o.pop("n", 400)
     split_seed = o.pop("split_seed", 0)
 
-    from dermbench import synth
+    from dermbench_plugins.datasets.dermsynth import generator as synth
 
     cfg = synth.SynthConfig(kind=kind, **o).validate()
     info = DIAGNOSIS_INFO if kind == "diagnosis" else SEVERITY_INFO

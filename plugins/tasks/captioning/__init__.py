@@ -2,12 +2,12 @@
 
 Image side: the pooled embedding from the feature store (``visual_tokens=0``, default, any model) or k visual
 tokens pooled from the last-layer patch map (``visual_tokens=8`` as in DermINO; needs ``patch_tokens``).
-Language side (:mod:`caption_lm`): ``lm=tiny`` (offline default: small GPT-2 + word tokenizer trained on the
+Language side (:mod:`.lm`): ``lm=tiny`` (offline default: small GPT-2 + word tokenizer trained on the
 training captions, fully trained) or any Hugging Face causal LM id / local path with LoRA (DermINO:
 ``lm=BioMistral/BioMistral-7B``, r=8, alpha=16 on q_proj/v_proj, projection lr 4e-4, LoRA lr 8e-5, AdamW,
 2 epochs, bf16 on GPU). Decoding is greedy (``num_beams=1``) or beam search.
 
-Scoring (:mod:`caption_metrics`) is offline: pycocoevalcap's PTB tokenizer, BLEU, METEOR (Java), ROUGE-L and
+Scoring (:mod:`.metrics`) is offline: pycocoevalcap's PTB tokenizer, BLEU, METEOR (Java), ROUGE-L and
 CIDEr, plus rouge-score's ROUGE-1/2. Hugging Face ``evaluate`` is deliberately not used: it downloads its
 metric scripts from the hub at run time, so it fails offline and its numbers depend on the script version
 served that day. Per-caption scores go into the predictions (``bleu1`` ... ``rouge2``) and are scored by the
@@ -83,7 +83,7 @@ INFO = TaskInfo(
 
 
 def _split_captions(split, what: str) -> list[str]:
-    from dermbench_plugins.tasks.caption_metrics import check_captions
+    from dermbench_plugins.tasks.captioning.metrics import check_captions
 
     return check_captions(split.ids, [s.caption for s in split.samples],
                           f"dataset {split.dataset.name!r} split {split.name!r} ({what})")
@@ -141,7 +141,7 @@ class Captioning:
         if self.visual_tokens == 0:
             xtr, xte = ctx.features(train), ctx.features(test)
             return np.asarray(xtr, np.float32)[:, None, :], np.asarray(xte, np.float32)[:, None, :], "pooled embedding"
-        from dermbench_plugins.tasks.caption_lm import pool_tokens
+        from dermbench_plugins.tasks.captioning.lm import pool_tokens
 
         if "patch_tokens" not in ctx.model_info.capabilities:
             raise DermbenchError(
@@ -160,8 +160,8 @@ class Captioning:
         import torch
 
         from dermbench import stats
-        from dermbench_plugins.tasks import caption_lm as L
-        from dermbench_plugins.tasks import caption_metrics as M
+        from dermbench_plugins.tasks.captioning import lm as L
+        from dermbench_plugins.tasks.captioning import metrics as M
 
         if shutil.which("java") is None:
             raise DermbenchError(
@@ -271,7 +271,7 @@ class Captioning:
         return TaskOutput(preds, metrics, test, extra=extra, artifacts=artifacts)
 
     def _language_model(self, ctx, cap_tr: list[str], k: int):
-        from dermbench_plugins.tasks import caption_lm as L
+        from dermbench_plugins.tasks.captioning import lm as L
 
         if self.kind == "tiny":
             tok = L.word_tokenizer(cap_tr)
@@ -313,7 +313,7 @@ def _resolve_metric(name: str):
     """corpus_bleu1..4 for the statistics engine; imports the metric module only when asked."""
     if not name.startswith("corpus_bleu"):
         return None
-    from dermbench_plugins.tasks.caption_metrics import resolve_metric
+    from dermbench_plugins.tasks.captioning.metrics import resolve_metric
 
     return resolve_metric(name)
 

@@ -5,7 +5,7 @@ The base task runs unchanged on the cell's cached features; this task adds one g
 worst-group value and equalized-odds difference per attribute (FairMedFM's vocabulary), so the leaderboard
 shows them with CIs and compares models' gaps with paired tests. Per-group metrics with CIs, group sizes
 ("too small" below ``min_group_size``), TPR/FPR per group and permutation p-values of "no gap" go to ``extra``.
-Statistics live in :mod:`dermbench.fairness_stats`.
+Statistics live in :mod:`.stats`.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def attribute_labels(samples: list[Sample], attribute: str, *, fitzpatrick: str 
 
 
 def intersect(a: list[str | None], b: list[str | None]) -> list[str | None]:
-    from dermbench.fairness_stats import SEP
+    from dermbench_plugins.tasks.fairness.stats import SEP
 
     return [None if x is None or y is None else f"{x}{SEP}{y}" for x, y in zip(a, b)]
 
@@ -248,7 +248,7 @@ class Fairness:
         return entry.obj(**params).run(ctx), entry.info
 
     def run(self, ctx) -> TaskOutput:
-        from dermbench import fairness_stats as fs
+        from dermbench_plugins.tasks.fairness import stats as fs
         from dermbench import stats
 
         base_out, base_info = self._run_base(ctx)
@@ -341,10 +341,10 @@ def register_tasks(register):
 
 
 def _resolve_metric(name: str):
-    """``gap:<metric>@<attr>``, ``worst:<metric>@<attr>``, ``eod@<attr>`` (see dermbench.fairness_stats)."""
+    """``gap:<metric>@<attr>``, ``worst:<metric>@<attr>``, ``eod@<attr>`` (see .stats)."""
     if not (name.startswith(("gap:", "worst:", "eod@")) and "@" in name):
         return None
-    from dermbench.fairness_stats import fairness_metric
+    from dermbench_plugins.tasks.fairness.stats import fairness_metric
 
     return fairness_metric(name)
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from dermbench.fairness_stats import _natural
+from dermbench_plugins.tasks.fairness.stats import _natural
 
 
 def _get(rec: Any, key: str) -> Any:

@@ -17,7 +17,7 @@ they must have the same number of classes, class i meaning the same thing; diffe
 
 Privacy boundary. Features come from the feature store (extracted once per model x split, like every task);
 the task writes each site's own rows to ``client-<i>.npz`` and each Flower ClientApp opens only its file;
-only weights and aggregate metrics cross the wire (see ``fl_app``). In a real multi-hospital run each site
+only weights and aggregate metrics cross the wire (see ``.app``). In a real multi-hospital run each site
 extracts its own features, writes its own file (``write_client_files``) and starts its own SuperNode.
 
 Engines (``engine`` option):
@@ -26,7 +26,7 @@ Engines (``engine`` option):
   no dashboard, ``num_gpus=0``).
 * ``loopback`` -- a real deployment on 127.0.0.1: one ``flower-superlink`` and one ``flower-supernode`` per
   site as separate processes on free ports, the run submitted with ``flwr run``, everything stopped after
-  (``fl_deploy.LoopbackFederation``). Across hospitals the same pieces run with TLS and real addresses
+  (``.deploy.LoopbackFederation``). Across hospitals the same pieces run with TLS and real addresses
   (flwr 1.41: the SuperLink serves Fleet, Control and runtime APIs on one ``--host/--port``)::
 
       # coordinating server
@@ -35,7 +35,7 @@ Engines (``engine`` option):
       # at every hospital, next to its own feature file (written by write_client_files)
       flower-supernode --superlink link.example.org:9092 --root-certificates ca.crt \\
                        --node-config 'data-file="/data/site-a/client.npz"'
-      # submit: app dir from fl_deploy.write_app(dir, run_config(...)); connection "fl" in
+      # submit: app dir from .deploy.write_app(dir, run_config(...)); connection "fl" in
       # $FLWR_HOME/config.toml: [superlink.fl] address = "link.example.org:9092", root-certificates = "ca.crt"
       flwr run <app-dir> fl --stream
 
@@ -61,7 +61,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import DermbenchError, Split, TaskInfo, TaskOutput, stable_hash
-from dermbench_plugins.tasks._classification import CLS_METRICS, check_train_classes, labelled, n_classes, predictions
+from dermbench_plugins.tasks._shared.classification import CLS_METRICS, check_train_classes, labelled, n_classes, predictions
 
 FL_AVAILABLE = importlib.util.find_spec("flwr") is not None and importlib.util.find_spec("ray") is not None
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedmedian", "fedtrimmedavg", "fedadam", "fedyogi", "fedadagrad")
@@ -218,7 +218,7 @@ def write_client_files(out_dir: Path, clients: list[str], x_train: Any, y_train:
 
 def run_config(params: dict[str, Any], *, seed: int, dim: int, n_classes: int, n_clients: int, out_dir: Path,
                data_dir: Path | None = None, fault: str = "") -> dict[str, Any]:
-    """Flower run config (``fl_app.RUN_CONFIG_DEFAULTS`` keys) from task parameters."""
+    """Flower run config (``.app.RUN_CONFIG_DEFAULTS`` keys) from task parameters."""
     strategy = str(params["strategy"]).lower()
     if strategy not in STRATEGY_NAMES:
         raise DermbenchError(f"federated.strategy={params['strategy']!r} is unknown; choose one of {STRATEGY_NAMES}")
@@ -243,7 +243,7 @@ def simulate(cfg: dict[str, Any], n_clients: int) -> dict[str, Any]:
 
     from flwr.simulation import run_simulation
 
-    from dermbench_plugins.tasks import fl_app
+    from dermbench_plugins.tasks.federated import app as fl_app
 
     sink: dict[str, Any] = {}
     backend = {
@@ -270,7 +270,7 @@ def simulate(cfg: dict[str, Any], n_clients: int) -> dict[str, Any]:
 
 def loopback(cfg: dict[str, Any], files: list[Path], work: Path) -> dict[str, Any]:
     """Run the federation as a real deployment on 127.0.0.1 (SuperLink + one SuperNode per site)."""
-    from dermbench_plugins.tasks.fl_deploy import LoopbackFederation
+    from dermbench_plugins.tasks.federated.deploy import LoopbackFederation
 
     with LoopbackFederation(files, work) as fed:
         summary = fed.run(cfg)
@@ -301,13 +301,13 @@ class Federated:
         if isinstance(site_datasets, str):
             site_datasets = [n.strip() for n in site_datasets.split(",") if n.strip()]
         self.site_datasets = list(site_datasets or [])
-        # fault injection for tests: "raise|exit:<site>:<round>" (see fl_app); also DERMBENCH_FL_FAULT
+        # fault injection for tests: "raise|exit:<site>:<round>" (see .app); also DERMBENCH_FL_FAULT
         self.fault = _fault or os.environ.get("DERMBENCH_FL_FAULT", "")
 
     def run(self, ctx: Any) -> TaskOutput:
         import numpy as np
 
-        from dermbench_plugins.tasks import fl_train
+        from dermbench_plugins.tasks.federated import train as fl_train
 
         p = self.params
         get_split, merged_record = ctx.split, None

@@ -2,12 +2,12 @@
 
 The same code runs in Flower's simulation engine (``dermbench_plugins.tasks.federated`` builds the apps with
 their configuration in closures) and in a real deployment, where a SuperLink and one SuperNode per site load
-the module-level ``server_app`` / ``client_app`` below (see ``fl_deploy``):
+the module-level ``server_app`` / ``client_app`` below (see ``.deploy``):
 
 * a **client** (one per site) reads only its own ``.npz`` file of frozen features -- ``x_train, y_train,
   x_test, y_test, site`` -- named by its node config ``data-file`` (deployment: each hospital points its
   SuperNode at its own file) or, in simulation, ``<data-dir>/client-<partition-id>.npz``. It trains the
-  linear projection locally (``fl_train.local_train``) and returns weights plus ``num-examples``; raw
+  linear projection locally (``.train.local_train``) and returns weights plus ``num-examples``; raw
   features, labels and test predictions never leave it. On evaluate it scores the global weights on its
   local test set and returns loss / accuracy / counts only.
 * the **server** runs Flower's own strategy (FedAvg by default, see ``STRATEGIES``), wrapped so that every
@@ -35,7 +35,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as fl_strategy
 
-from dermbench_plugins.tasks import fl_train
+from dermbench_plugins.tasks.federated import train as fl_train
 
 #: strategy option -> Flower strategy class name (all take FedAvg's sampling arguments)
 STRATEGIES = {

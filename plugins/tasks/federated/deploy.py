@@ -9,7 +9,7 @@ dependency installation disabled. ``LoopbackFederation`` starts
                      --node-config 'data-file="<work>/clients/client-<i>.npz"'      # one per site
 
 submits the run with ``flwr run <app-dir> dermbench-loopback --stream`` (``write_app`` writes the Flower app:
-a ``pyproject.toml`` whose components are ``dermbench_plugins.tasks.fl_app:server_app`` / ``:client_app`` and
+a ``pyproject.toml`` whose components are ``dermbench_plugins.tasks.federated.app:server_app`` / ``:client_app`` and
 whose ``[tool.flwr.app.config]`` is the run config), reads the ServerApp's ``server.json`` / ``global.npz``
 from ``out-dir``, and on exit terminates every process it started together with their children (SuperExec,
 ``flwr-serverapp``, ``flwr-clientapp``), killing what has not exited after a grace period.
@@ -59,8 +59,8 @@ def write_app(app_dir: Path, run_config: dict[str, Any]) -> Path:
             "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
             "flwr": {"app": {
                 "publisher": "dermbench",
-                "components": {"serverapp": "dermbench_plugins.tasks.fl_app:server_app",
-                               "clientapp": "dermbench_plugins.tasks.fl_app:client_app"},
+                "components": {"serverapp": "dermbench_plugins.tasks.federated.app:server_app",
+                               "clientapp": "dermbench_plugins.tasks.federated.app:client_app"},
                 "config": dict(run_config),
             }},
         },
@@ -203,7 +203,7 @@ class LoopbackFederation:
 
     # -------------------------------------------------------------------------------------- one run
     def run(self, cfg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Submit one run (``cfg``: fl_app run config) and return the server summary with ``weights``."""
+        """Submit one run (``cfg``: .app run config) and return the server summary with ``weights``."""
         import numpy as np
 
         out = Path(str(cfg["out-dir"]))

@@ -384,7 +384,7 @@ class Segmentation:
         import numpy as np
         import torch
 
-        from dermbench_plugins.tasks.seg_heads import build_head
+        from dermbench_plugins.tasks.segmentation.heads import build_head
 
         train, test = ctx.split(self.train_split), ctx.split(self.test_split)
         pre: Preprocess = ctx.model_info.preprocess

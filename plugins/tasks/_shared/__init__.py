@@ -1,0 +1,1 @@
+"""Helpers shared by several first-party tasks (not a plugin entry module: it registers nothing)."""
