@@ -151,12 +151,13 @@ def _score_entry(rec: Any, metric: str, ci: str, prepared: Any) -> Entry:
     split_hash = str(rec.split.get("hash", ""))
     n = prepared.n
     e = Entry(rec.model, None, None, None, rec.seed, split_hash, n, n_boot)
-    m = stats.get_metric(metric)
     try:
-        idx = stats.Resamples(stats.bootstrap_indices(split_hash, rec.seed, n, n_boot, _strata(rec)))
-        value, used0 = stats._point_used(prepared, m)
-        reps, used = stats._replicates_used(prepared, m, idx)
-        res = stats._summarise(prepared, m, value, used0, reps, used, ci=ci, alpha=ALPHA, base={})
+        idx, _ = stats.resamples_for(prepared, split_hash=split_hash, n_boot=n_boot,
+                                     strata=_strata(rec) if _strata(rec) is not None else "auto")
+        sc = stats.evaluate(prepared, metric, idx, ci=ci, alpha=ALPHA)
+        res, reps = sc.summary, sc.replicates
+        if sc.value is None:
+            raise stats.UndefinedMetric(res["note"])
     except stats.UndefinedMetric as err:
         e.note = str(err)
         return e

@@ -426,8 +426,8 @@ class Runner:
         t_task = time.perf_counter() - t0
         t1 = time.perf_counter()
         metrics = stats.score(
-            output.predictions, output.metrics, split_hash=output.split.hash, seed=cell.seed,
-            n_boot=self.opts.n_boot, ci=self.opts.ci, strata=output.strata,
+            output.predictions, output.metrics, split_hash=output.split.hash,  # fixed bootstrap seed (17.5)
+            n_boot=self.opts.n_boot, ci=self.opts.ci, strata=output.strata if output.strata is not None else "auto",
         )
         t_stats = time.perf_counter() - t1
         if output.strata is not None:  # stored so later comparisons redraw the same stratified resamples

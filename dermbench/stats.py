@@ -22,8 +22,10 @@ metric as a function of ``W``, processed in cache-sized blocks of replicates:
 The point estimate is the same function at ``W = 1`` and jackknife (leave-one-out) values, needed for BCa,
 come in closed form, so no metric is ever computed twice by different code.
 
-Replicate indices depend only on (split hash, seed, n, n_boot, strata) -- never on the model -- so two models
-scored on the same split see identical resamples (paired) even when run months apart.
+Replicate indices depend only on (split hash, the fixed bootstrap seed ``defaults.BOOTSTRAP_SEED``, n, n_boot,
+strata) -- never on the model or its training seed -- so two models (and several training seeds of one model)
+scored on the same split see identical resamples (paired) even when run months apart. Classification
+resamples within classes by default (``strata="auto"``), so a replicate never loses a class of y_true.
 
 Defined behaviour for bad or degenerate input (never a silent NaN)
 ------------------------------------------------------------------
@@ -34,8 +36,9 @@ Defined behaviour for bad or degenerate input (never a silent NaN)
 * A class absent from the test split (AUROC) or from a replicate: macro averages run over the classes that
   are defined there (AUROC: classes with at least one positive and one negative; F1: classes in
   y_true or y_pred, as scikit-learn's default labels; balanced accuracy: classes in y_true, as scikit-learn).
-  Replicates whose class set differs from the full split's are counted in ``n_invalid``; replicates where the
-  metric is undefined altogether (binary AUROC with one class drawn) are dropped from the CI and counted too.
+  Replicates whose class set differs from the full split's are counted (``n_lost_class``) and excluded from
+  the CI and from paired tests; replicates where the metric is undefined altogether (binary AUROC with one
+  class drawn) are excluded and counted too (``n_undefined``); ``n_invalid`` is their sum.
 * Mismatched sample ids between two models: :class:`DermbenchError` listing a few ids; the same ids in a
   different order are aligned to model A's order.
 """
@@ -51,6 +54,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from dermbench.api import DermbenchError
+from dermbench.defaults import ALPHA, BOOTSTRAP_SEED, CI_METHOD, N_BOOT
 
 __all__ = [
     "METRICS",
@@ -66,7 +70,12 @@ __all__ = [
     "prepare",
     "jackknife",
     "score",
+    "evaluate",
+    "resamples_for",
+    "Scored",
+    "Prepared",
     "confidence_interval",
+    "bca_edge",
     "paired_test",
     "paired_from_replicates",
     "correct",
@@ -99,54 +108,105 @@ def _strata_codes(strata: Any, n: int) -> np.ndarray:
     return codes.reshape(-1)
 
 
-def bootstrap_indices(
-    split_hash: str, seed: int, n: int, n_boot: int = 1000, strata: Any = None
-) -> np.ndarray:
-    """(n_boot, n) resample positions derived only from (split_hash, seed, n, n_boot, strata).
+def _rng_plan(split_hash: str, seed: int, n: int, n_boot: int, strata: Any) -> tuple[Any, list[np.ndarray] | None]:
+    """The generator(s) behind a replicate matrix: one stream (unstratified), or one child stream per stratum.
 
-    With ``strata`` (e.g. labels, PanDerm's choice) each replicate draws, with replacement, as many samples
-    from each stratum as the stratum holds; columns are grouped by stratum (order is irrelevant to every
-    metric). The generator is ``default_rng(SeedSequence(sha256(inputs)))``, so the matrix is identical on
-    any machine and for any model.
-    """
+    Every stream is consumed row by row, so drawing the matrix in row blocks gives exactly the same numbers as
+    drawing it at once: a 100k-sample split never needs its (B, n) index matrix in memory."""
     if n <= 0:
         raise DermbenchError(f"cannot bootstrap an empty split (n={n}); the test split has no samples")
     if n_boot <= 0:
         raise DermbenchError(f"n_boot must be positive, got {n_boot}")
     key: dict[str, Any] = {"v": 1, "split": str(split_hash), "seed": int(seed), "n": int(n), "B": int(n_boot)}
-    codes = None
+    members = None
     if strata is not None:
         codes = _strata_codes(strata, n)
         key["strata"] = hashlib.sha256(codes.astype("<i8").tobytes()).hexdigest()
+        key["v"] = 2  # v2: one child stream per stratum (row-blockable)
+        members = [np.flatnonzero(codes == c) for c in range(int(codes.max()) + 1)]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).digest()
-    rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(digest[:16], "little")))
-    if codes is None:
-        return rng.integers(0, n, size=(n_boot, n), dtype=np.int64)
-    parts = []
-    for c in range(int(codes.max()) + 1):
-        members = np.flatnonzero(codes == c)
-        parts.append(members[rng.integers(0, members.size, size=(n_boot, members.size))])
-    return np.concatenate(parts, axis=1)
+    ss = np.random.SeedSequence(int.from_bytes(digest[:16], "little"))
+    if members is None:
+        return np.random.default_rng(ss), None
+    return [np.random.default_rng(c) for c in ss.spawn(len(members))], members
+
+
+def _draw_rows(rngs: Any, members: list[np.ndarray] | None, n: int, rows: int) -> np.ndarray:
+    if members is None:
+        return rngs.integers(0, n, size=(rows, n), dtype=np.int64)
+    return np.concatenate(
+        [m[g.integers(0, m.size, size=(rows, m.size))] for g, m in zip(rngs, members)], axis=1
+    )
+
+
+def bootstrap_indices(
+    split_hash: str, seed: int, n: int, n_boot: int = 1000, strata: Any = None
+) -> np.ndarray:
+    """(n_boot, n) resample positions derived only from (split_hash, seed, n, n_boot, strata).
+
+    ``seed`` is the *bootstrap* seed (``dermbench.defaults.BOOTSTRAP_SEED`` everywhere in dermbench), never a
+    training seed. With ``strata`` (e.g. labels) each replicate draws, with replacement, as many samples from
+    each stratum as the stratum holds; columns are grouped by stratum (order is irrelevant to every metric).
+    The generator is ``default_rng(SeedSequence(sha256(inputs)))``, so the matrix is identical on any machine
+    and for any model. Large splits: use :meth:`Resamples.draw`, which never holds this matrix.
+    """
+    rngs, members = _rng_plan(split_hash, seed, n, n_boot, strata)
+    return _draw_rows(rngs, members, n, n_boot)
 
 
 class Resamples:
-    """Bootstrap index matrix (B, n) plus its multiplicity matrix, computed once and shared by every metric
-    and every model scored on the same split. ``counts`` (B, n) is a small unsigned integer matrix
-    (``counts[b, i]`` = how often sample i is drawn in replicate b)."""
+    """Bootstrap multiplicity matrix ``counts`` (B, n) -- ``counts[b, i]`` = how often sample i is drawn in
+    replicate b, a small unsigned integer -- computed once and shared by every metric and every model scored
+    on the same split.
 
-    def __init__(self, idx: np.ndarray, n: int | None = None):
+    Build it from an index matrix (``Resamples(idx)``) or, for large splits, with :meth:`draw`, which
+    generates the indices in row blocks and keeps only the uint8 counts (B·n bytes: 100 MB at n=100k,
+    B=1000, instead of 800 MB of int64 indices)."""
+
+    def __init__(self, idx: np.ndarray | None, n: int | None = None, *, counts: np.ndarray | None = None):
+        if idx is None:
+            if counts is None:
+                raise DermbenchError("Resamples needs an index matrix or a counts matrix")
+            self.idx = None
+            self.n = int(counts.shape[1])
+            self._counts: np.ndarray | None = counts
+            self._B = int(counts.shape[0])
+            return
         idx = np.asarray(idx)
         if idx.ndim != 2:
             raise DermbenchError(f"bootstrap indices must be a 2-D (n_boot, n) array, got shape {idx.shape}")
         self.idx = idx
         self.n = int(n if n is not None else idx.shape[1])
-        self._counts: np.ndarray | None = None
+        self._B = int(idx.shape[0])
+        self._counts = None
+
+    @classmethod
+    def draw(cls, split_hash: str, seed: int, n: int, n_boot: int = 1000, strata: Any = None,
+             *, block_bytes: int = 64 << 20) -> "Resamples":
+        """The same replicates as ``bootstrap_indices(...)``, drawn in row blocks straight into counts."""
+        rngs, members = _rng_plan(split_hash, seed, n, n_boot, strata)
+        out = np.zeros((n_boot, n), dtype=np.uint8)
+        rows = max(1, block_bytes // (8 * n))
+        for start in range(0, n_boot, rows):
+            r = min(rows, n_boot - start)
+            c = _counts_of(_draw_rows(rngs, members, n, r), n)
+            if c.dtype != out.dtype:
+                out = out.astype(c.dtype)
+            out[start : start + r] = c
+        return cls(None, counts=out)
 
     @property
     def n_boot(self) -> int:
-        return int(self.idx.shape[0])
+        return self._B
 
     def check(self, n: int) -> None:
+        if self.idx is None:
+            if n != self.n:
+                raise DermbenchError(
+                    f"bootstrap resamples were drawn for n={self.n} but the predictions have n={n} samples; "
+                    "draw them with Resamples.draw(split_hash, seed, n) for these predictions"
+                )
+            return
         if n != self.n or (self.idx.size and (self.idx.min() < 0 or self.idx.max() >= n)):
             raise DermbenchError(
                 f"bootstrap indices were drawn for n={self.n} (max index {self.idx.max()}) but the predictions "
@@ -156,18 +216,22 @@ class Resamples:
     @property
     def counts(self) -> np.ndarray:
         if self._counts is None:
-            B, n = self.idx.shape[0], self.n
+            B, n = self._B, self.n
             out = np.empty((B, n), dtype=np.uint8)
             rows = max(1, (1 << 20) // max(n, 1))
             for start in range(0, B, rows):
-                blk = self.idx[start : start + rows]
-                r = blk.shape[0]
-                c = np.bincount((blk + (np.arange(r, dtype=np.int64) * n)[:, None]).ravel(), minlength=r * n)
-                if c.max(initial=0) > 255 and out.dtype == np.uint8:
-                    out = out.astype(np.int32)
-                out[start : start + r] = c.reshape(r, n)
+                c = _counts_of(self.idx[start : start + rows], n)  # type: ignore[index]
+                if c.dtype != out.dtype:
+                    out = out.astype(c.dtype)
+                out[start : start + c.shape[0]] = c
             self._counts = out
         return self._counts
+
+
+def _counts_of(blk: np.ndarray, n: int) -> np.ndarray:
+    r = blk.shape[0]
+    c = np.bincount((blk + (np.arange(r, dtype=np.int64) * n)[:, None]).ravel(), minlength=r * n).reshape(r, n)
+    return c.astype(np.uint8) if c.max(initial=0) <= 255 else c.astype(np.int32)
 
 
 def _as_resamples(idx: Any, n: int) -> Resamples:
@@ -187,8 +251,11 @@ def _row_blocks(k: int, n: int, item_bytes: int, target: int = _BLOCK_BYTES) -> 
 # Validated predictions
 
 
-class _Prepared:
-    """Predictions validated once, with per-metric precomputations cached (sort orders, features)."""
+class Prepared:
+    """Predictions validated once, with per-metric precomputations cached (sort orders, features).
+
+    Public (re-exported by ``dermbench.api``): a task that scores many metrics or replicate sets on the same
+    predictions prepares them once."""
 
     def __init__(self, predictions: dict[str, Any]):
         if not isinstance(predictions, dict):
@@ -282,10 +349,14 @@ class _Prepared:
         return int(max(y.max(initial=0), p.max(initial=0))) + 1
 
 
+#: deprecated private name, kept for plugins written against it
+_Prepared = Prepared
+
+
 # --------------------------------------------------------------------------------------------------
 # Metrics: each maps multiplicity weights W (k, n) -> (values (k,), classes used (k,) or None)
 
-Weighted = Callable[[_Prepared, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+Weighted = Callable[[Prepared, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
 
 @dataclass(frozen=True)
@@ -296,7 +367,7 @@ class Metric:
     name: str
     needs: tuple[str, ...]
     weighted: Weighted
-    jackknife: Callable[[_Prepared], tuple[np.ndarray, "np.ndarray | None"]]
+    jackknife: Callable[[Prepared], tuple[np.ndarray, "np.ndarray | None"]]
     higher_is_better: bool = True
     description: str = ""
     reference: str = ""
@@ -306,8 +377,8 @@ class Metric:
 def _linear_metric(
     name: str,
     needs: tuple[str, ...],
-    features: Callable[[_Prepared, str], np.ndarray],
-    finalize: Callable[[_Prepared, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]],
+    features: Callable[[Prepared, str], np.ndarray],
+    finalize: Callable[[Prepared, np.ndarray], tuple[np.ndarray, "np.ndarray | None"]],
     *,
     integer_features: bool = False,
     **kw: Any,
@@ -318,13 +389,13 @@ def _linear_metric(
     n < 2**24 (half the memory traffic of float64); otherwise the matmul runs in float64.
     """
 
-    def feats(p: _Prepared, dtype: Any) -> np.ndarray:
+    def feats(p: Prepared, dtype: Any) -> np.ndarray:
         key = ("F", name, np.dtype(dtype).name)
         if key not in p.cache:
             p.cache[key] = np.ascontiguousarray(features(p, name), dtype=dtype)
         return p.cache[key]
 
-    def weighted(p: _Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def weighted(p: Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         dt = np.float32 if integer_features and p.n < 2**24 else np.float64
         F = feats(p, dt)
         S = np.empty((W.shape[0], F.shape[1]), dtype=dt)
@@ -332,7 +403,7 @@ def _linear_metric(
             np.matmul(W[sl].astype(dt), F, out=S[sl])
         return finalize(p, S.astype(np.float64))
 
-    def jack(p: _Prepared) -> tuple[np.ndarray, np.ndarray | None]:
+    def jack(p: Prepared) -> tuple[np.ndarray, np.ndarray | None]:
         F = feats(p, np.float64)
         return finalize(p, F.sum(axis=0)[None, :] - F)
 
@@ -345,16 +416,16 @@ def _onehot(labels: np.ndarray, C: int) -> np.ndarray:
     return out
 
 
-def _f_accuracy(p: _Prepared, m: str) -> np.ndarray:
+def _f_accuracy(p: Prepared, m: str) -> np.ndarray:
     y, yp = p.array("y_true", m), p.y_pred(m)
     return np.stack([np.ones(p.n), (y == yp).astype(float)], axis=1)
 
 
-def _fin_ratio(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, None]:
+def _fin_ratio(p: Prepared, S: np.ndarray) -> tuple[np.ndarray, None]:
     return S[:, 1] / S[:, 0], None
 
 
-def _f_confusion(p: _Prepared, m: str) -> np.ndarray:
+def _f_confusion(p: Prepared, m: str) -> np.ndarray:
     y, yp = p.array("y_true", m), p.y_pred(m)
     C = max(p.n_classes(m), int(yp.max(initial=0)) + 1)
     T, P = _onehot(y, C), _onehot(yp, C)
@@ -366,7 +437,7 @@ def _split_confusion(S: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return S[:, 1 : 1 + C], S[:, 1 + C : 1 + 2 * C], S[:, 1 + 2 * C :]
 
 
-def _fin_f1(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fin_f1(p: Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     T, P, TP = _split_confusion(S)
     denom = T + P  # 2TP + FP + FN; zero only when the class is absent from y_true and y_pred
     ok = denom > 0
@@ -375,7 +446,7 @@ def _fin_f1(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.divide(f1.sum(axis=1), used, out=np.full(len(S), np.nan), where=used > 0), used
 
 
-def _fin_balanced(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fin_balanced(p: Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     T, _, TP = _split_confusion(S)
     ok = T > 0
     rec = np.divide(TP, T, out=np.zeros_like(T), where=ok)
@@ -383,7 +454,7 @@ def _fin_balanced(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.divide(rec.sum(axis=1), used, out=np.full(len(S), np.nan), where=used > 0), used
 
 
-def _f_ece(p: _Prepared, m: str) -> np.ndarray:
+def _f_ece(p: Prepared, m: str) -> np.ndarray:
     s = p.scores(m)
     conf = s.max(axis=1)
     correct = (s.argmax(axis=1) == p.array("y_true", m)).astype(float)
@@ -397,11 +468,11 @@ def _ece_bin(conf: np.ndarray) -> np.ndarray:
     return np.clip(np.ceil(conf * ECE_BINS).astype(np.int64) - 1, 0, ECE_BINS - 1)
 
 
-def _fin_ece(p: _Prepared, S: np.ndarray) -> tuple[np.ndarray, None]:
+def _fin_ece(p: Prepared, S: np.ndarray) -> tuple[np.ndarray, None]:
     return np.abs(S[:, 1:]).sum(axis=1) / S[:, 0], None
 
 
-def _f_brier(p: _Prepared, m: str) -> np.ndarray:
+def _f_brier(p: Prepared, m: str) -> np.ndarray:
     s = p.scores(m)
     y = p.array("y_true", m)
     per = ((s - _onehot(y, s.shape[1])) ** 2).sum(axis=1)
@@ -410,8 +481,8 @@ def _f_brier(p: _Prepared, m: str) -> np.ndarray:
     return np.stack([np.ones(p.n), per], axis=1)
 
 
-def _mean_of(key: str) -> Callable[[_Prepared, str], np.ndarray]:
-    def f(p: _Prepared, m: str) -> np.ndarray:
+def _mean_of(key: str) -> Callable[[Prepared, str], np.ndarray]:
+    def f(p: Prepared, m: str) -> np.ndarray:
         x = p.array(key, m)
         if x.ndim != 1:
             raise DermbenchError(f"predictions[{key!r}] must be a 1-D per-sample array for {m!r}, got {x.shape}")
@@ -423,7 +494,7 @@ def _mean_of(key: str) -> Callable[[_Prepared, str], np.ndarray]:
 # ---- macro AUROC (rank based)
 
 
-def _auroc_plan(p: _Prepared, m: str) -> list[dict[str, Any]]:
+def _auroc_plan(p: Prepared, m: str) -> list[dict[str, Any]]:
     """Per class: positives, negatives sorted by score, and searchsorted positions of positives' scores."""
     key = ("auroc", m)
     if key in p.cache:
@@ -446,7 +517,7 @@ def _auroc_plan(p: _Prepared, m: str) -> list[dict[str, Any]]:
     return plan
 
 
-def _auroc_weighted(p: _Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _auroc_weighted(p: Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Macro AUROC for each row of the integer multiplicity matrix W (k, n).
 
     Per class c and replicate b, with w = W[b]: numerator = sum over positives i of w_i * (negative weight
@@ -482,7 +553,7 @@ def _auroc_weighted(p: _Prepared, W: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.divide(total, used, out=np.full(k, np.nan), where=used > 0), used
 
 
-def _auroc_jackknife(p: _Prepared) -> tuple[np.ndarray, np.ndarray]:
+def _auroc_jackknife(p: Prepared) -> tuple[np.ndarray, np.ndarray]:
     plan = _auroc_plan(p, "auroc_macro")
     s = p.scores("auroc_macro")
     n = p.n
@@ -601,17 +672,17 @@ def get_metric(name: str) -> Metric:
 # Point, replicates, jackknife
 
 
-def _as_prepared(predictions: Any) -> _Prepared:
-    return predictions if isinstance(predictions, _Prepared) else _Prepared(predictions)
+def _as_prepared(predictions: Any) -> Prepared:
+    return predictions if isinstance(predictions, Prepared) else Prepared(predictions)
 
 
-def prepare(predictions: dict[str, Any]) -> _Prepared:
+def prepare(predictions: dict[str, Any]) -> Prepared:
     """Validate predictions once; the result is accepted wherever a predictions dict is, and caches sort
     orders and features across calls (useful when scoring many metrics or replicate sets)."""
     return _as_prepared(predictions)
 
 
-def _point_used(p: _Prepared, m: Metric) -> tuple[float, int | None]:
+def _point_used(p: Prepared, m: Metric) -> tuple[float, int | None]:
     vals, used = m.weighted(p, np.ones((1, p.n), dtype=np.uint8))
     v = float(vals[0])
     if not math.isfinite(v):
@@ -619,7 +690,7 @@ def _point_used(p: _Prepared, m: Metric) -> tuple[float, int | None]:
     return v, (int(used[0]) if used is not None else None)
 
 
-def _undefined_reason(p: _Prepared, m: Metric) -> str:
+def _undefined_reason(p: Prepared, m: Metric) -> str:
     if "y_true" in m.needs and "y_true" in p.raw:
         classes = np.unique(p.array("y_true", m.name))
         if classes.size < 2:
@@ -636,7 +707,7 @@ def point(predictions: dict[str, Any], metric: str) -> float:
     return _point_used(p, get_metric(metric))[0]
 
 
-def _replicates_used(p: _Prepared, m: Metric, idx: Any) -> tuple[np.ndarray, np.ndarray | None]:
+def _replicates_used(p: Prepared, m: Metric, idx: Any) -> tuple[np.ndarray, np.ndarray | None]:
     rs = _as_resamples(idx, p.n)
     return m.weighted(p, rs.counts)
 
@@ -671,16 +742,19 @@ def confidence_interval(
     reps: np.ndarray,
     value: float,
     *,
-    method: str = "percentile",
-    alpha: float = 0.05,
+    method: str = CI_METHOD,
+    alpha: float = ALPHA,
     jack: np.ndarray | None = None,
+    allow_bca: bool = True,
 ) -> tuple[float, float, str]:
     """(low, high, note) from finite replicates.
 
     * ``percentile``: the alpha/2 and 1-alpha/2 quantiles of the replicates (linear interpolation).
     * ``bca``: bias-corrected and accelerated (Efron 1987); bias z0 from the share of replicates below the
-      estimate (ties count 1/2), acceleration from the jackknife values' skewness. Falls back to percentile
-      (with a note) where z0 is infinite (every replicate on one side).
+      estimate (ties count 1/2), acceleration from the jackknife values' skewness. Guarded: where z0 is
+      infinite, or the adjusted levels leave [10/B, 1 - 10/B] (fewer than 10 replicates beyond an endpoint,
+      e.g. the zero-width interval of a strongly biased statistic), BCa is refused and the percentile
+      interval is returned with a note saying so. ``allow_bca=False`` (max/min statistics) refuses it too.
     * ``paper``: DermINO's "mu ± v" reproduction option: mu = mean of the replicates, v = z_{1-alpha/2} * SD of
       the replicates (ddof=1), i.e. mean ± 1.96 SD at alpha=0.05. A normal approximation around the replicate
       mean; it ignores skew and bias and can leave [0, 1]. Reported for comparison with the paper only.
@@ -698,10 +772,12 @@ def confidence_interval(
         v = _z(hi_q) * float(r.std(ddof=1)) if r.size > 1 else 0.0
         return mu - v, mu + v, f"paper mu ± v (DermINO reproduction): mu={mu:.6g} (replicate mean), v={v:.6g} (1.96·SD)"
     if method == "bca":
+        lo, hi = (float(x) for x in np.quantile(r, [lo_q, hi_q]))
+        if not allow_bca:
+            return lo, hi, "BCa refused for this statistic (max/min statistics are biased under the bootstrap): percentile used"
         below = (np.count_nonzero(r < value) + 0.5 * np.count_nonzero(r == value)) / r.size
         if below <= 0 or below >= 1:
-            lo, hi = np.quantile(r, [lo_q, hi_q])
-            return float(lo), float(hi), "BCa bias correction infinite (all replicates on one side): percentile used"
+            return lo, hi, "BCa refused: bias correction infinite (all replicates on one side): percentile used"
         z0 = _z(below)
         a = 0.0
         if jack is not None:
@@ -717,66 +793,156 @@ def confidence_interval(
         for q in (lo_q, hi_q):
             zq = _z(q)
             qs.append(float(ndtr(z0 + (z0 + zq) / (1 - a * (z0 + zq)))))
-        lo, hi = np.quantile(r, qs)
-        return float(lo), float(hi), f"BCa z0={z0:.4g} a={a:.4g}"
+        edge = bca_edge(r.size)
+        if not (edge <= qs[0] and qs[1] <= 1 - edge):
+            return lo, hi, (
+                f"BCa refused: adjusted levels [{qs[0]:.4g}, {qs[1]:.4g}] leave [10/B, 1-10/B] = "
+                f"[{edge:.4g}, {1 - edge:.4g}] (z0={z0:.3g}, a={a:.3g}; too few replicates beyond an endpoint): "
+                "percentile used"
+            )
+        blo, bhi = np.quantile(r, qs)
+        return float(blo), float(bhi), f"BCa z0={z0:.4g} a={a:.4g}"
     raise DermbenchError(f"unknown CI method {method!r}; choose one of {', '.join(CI_METHODS)}")
 
 
+def bca_edge(n_boot: int) -> float:
+    """The BCa guard: adjusted levels must stay inside [10/B, 1 - 10/B]."""
+    return 10.0 / max(int(n_boot), 1)
+
+
 # --------------------------------------------------------------------------------------------------
-# score
+# Resamples for a record: the single place that decides (split hash, bootstrap seed, strata)
 
 
-def _resolve_strata(p: _Prepared, strata: Any) -> Any:
+def _resolve_strata(p: Prepared, strata: Any) -> tuple[Any, str]:
+    """(strata array or None, label). ``"auto"``: classification (``y_true`` present) resamples within
+    classes, everything else resamples samples."""
+    if isinstance(strata, str) and strata == "auto":
+        if "y_true" in p.raw and np.asarray(p.raw["y_true"]).ndim == 1:
+            return p.array("y_true", "strata='auto'"), "y_true"
+        return None, "none"
     if isinstance(strata, str):
-        return p.array(strata, f"strata={strata!r}")
-    return strata
+        return p.array(strata, f"strata={strata!r}"), strata
+    if strata is None:
+        return None, "none"
+    return strata, "given"
 
 
-def score(
-    predictions: dict[str, Any],
-    metrics: list[str],
+def resamples_for(
+    predictions: Any,
     *,
     split_hash: str,
-    seed: int,
-    n_boot: int = 1000,
-    ci: str = "percentile",
-    strata: Any = None,
-    alpha: float = 0.05,
-) -> dict[str, dict[str, Any]]:
-    """Point estimate + bootstrap CI per metric, as JSON-able plain values.
+    n_boot: int = N_BOOT,
+    strata: Any = "auto",
+    boot_seed: int = BOOTSTRAP_SEED,
+) -> tuple[Resamples, str]:
+    """(Resamples, strata label) every scorer of these predictions uses: drawn from (split hash, the fixed
+    bootstrap seed, n, B, strata) -- never from a training seed -- so all models and all training seeds of
+    a split are paired."""
+    p = _as_prepared(predictions)
+    arr, label = _resolve_strata(p, strata)
+    return Resamples.draw(split_hash, boot_seed, p.n, n_boot, arr), label
 
-    ``strata``: None, an (n,) array, or the name of a predictions key (e.g. ``"y_true"``) for stratified
-    resampling. A metric undefined on the full split gets ``value=None`` and a note instead of an error, so
-    the other metrics of the record are kept.
-    """
+
+def _legacy_seed(seed: Any, where: str) -> None:
+    if seed is not None:
+        import warnings
+
+        warnings.warn(
+            f"{where}(seed=...) is ignored: bootstrap resamples come from (split hash, "
+            "dermbench.defaults.BOOTSTRAP_SEED), never from a training seed; pass boot_seed= to change the "
+            "bootstrap seed itself", DeprecationWarning, stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# score: the one scoring path (runner, tasks, leaderboard, compare)
+
+
+@dataclass
+class Scored:
+    """One metric on one record: the JSON summary stored in records, plus the replicate vector and the mask
+    of replicates usable in paired tests (finite and with the full split's class set)."""
+
+    summary: dict[str, Any]
+    replicates: np.ndarray | None
+    valid: np.ndarray | None
+    jackknife: np.ndarray | None = None
+
+    @property
+    def value(self) -> float | None:
+        return self.summary.get("value")
+
+
+def evaluate(
+    predictions: Any,
+    metric: str,
+    resamples: Resamples,
+    *,
+    ci: str = CI_METHOD,
+    alpha: float = ALPHA,
+    keep_jackknife: bool = False,
+) -> Scored:
+    """Point estimate, replicates and CI of one metric on given resamples (what :func:`score` stores, plus
+    the replicates the leaderboard needs for ranks and paired tests)."""
     if ci not in CI_METHODS:
         raise DermbenchError(f"unknown CI method {ci!r}; choose one of {', '.join(CI_METHODS)}")
     p = _as_prepared(predictions)
-    idx = Resamples(bootstrap_indices(split_hash, seed, p.n, n_boot, _resolve_strata(p, strata)))
-    out: dict[str, dict[str, Any]] = {}
-    for name in metrics:
-        m = get_metric(name)
-        out[name] = _score_one(p, m, idx, ci=ci, alpha=alpha)
-    return out
-
-
-def _score_one(p: _Prepared, m: Metric, idx: Resamples, *, ci: str, alpha: float) -> dict[str, Any]:
-    B = idx.n_boot
+    m = get_metric(metric)
+    B = resamples.n_boot
     base = {"ci_method": ci, "n_boot": B, "n": p.n}
     try:
         value, used0 = _point_used(p, m)
     except UndefinedMetric as e:
-        return {"value": None, "ci_low": None, "ci_high": None, **base, "n_invalid": B, "note": str(e)}
-    reps, used = _replicates_used(p, m, idx)
-    return _summarise(p, m, value, used0, reps, used, ci=ci, alpha=alpha, base=base)
+        return Scored({"value": None, "ci_low": None, "ci_high": None, **base, "n_invalid": B, "n_lost_class": 0,
+                       "n_undefined": B, "note": str(e)}, None, None)
+    reps, used = _replicates_used(p, m, resamples)
+    jack = m.jackknife(p)[0] if (ci == "bca" or keep_jackknife) else None
+    summary, valid = _summarise(p, m, value, used0, reps, used, ci=ci, alpha=alpha, base=base, jack=jack)
+    return Scored(summary, reps, valid, jack)
+
+
+def score(
+    predictions: dict[str, Any],
+    metrics: Sequence[str],
+    *,
+    split_hash: str,
+    n_boot: int = N_BOOT,
+    ci: str = CI_METHOD,
+    strata: Any = "auto",
+    alpha: float = ALPHA,
+    boot_seed: int = BOOTSTRAP_SEED,
+    seed: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Point estimate + bootstrap CI per metric, as JSON-able plain values (what a record stores).
+
+    The one scoring path of dermbench: the runner, tasks, the leaderboard and ``compare`` all score through
+    it (or through :func:`evaluate` on the same :func:`resamples_for`). Resamples come from (split_hash,
+    ``boot_seed`` = the fixed ``BOOTSTRAP_SEED``); ``seed`` is accepted for old callers and ignored with a
+    DeprecationWarning (a training seed must never pick the resamples). ``strata``: ``"auto"`` (default:
+    within classes when ``y_true`` is present), None, an (n,) array, or a predictions key. A metric
+    undefined on the full split gets ``value=None`` and a note, so the other metrics of the record are kept.
+    """
+    _legacy_seed(seed, "score")
+    if ci not in CI_METHODS:
+        raise DermbenchError(f"unknown CI method {ci!r}; choose one of {', '.join(CI_METHODS)}")
+    p = _as_prepared(predictions)
+    rs, label = resamples_for(p, split_hash=split_hash, n_boot=n_boot, strata=strata, boot_seed=boot_seed)
+    out: dict[str, dict[str, Any]] = {}
+    for name in metrics:
+        d = evaluate(p, name, rs, ci=ci, alpha=alpha).summary
+        d.update(boot_seed=int(boot_seed), strata=label)
+        out[name] = d
+    return out
 
 
 def _summarise(
-    p: _Prepared, m: Metric, value: float, used0: int | None, reps: np.ndarray, used: np.ndarray | None,
-    *, ci: str, alpha: float, base: dict[str, Any],
-) -> dict[str, Any]:
+    p: Prepared, m: Metric, value: float, used0: int | None, reps: np.ndarray, used: np.ndarray | None,
+    *, ci: str, alpha: float, base: dict[str, Any], jack: np.ndarray | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
     undefined = ~np.isfinite(reps)
     fewer = (used < used0) & ~undefined if (used is not None and used0 is not None) else np.zeros_like(undefined)
+    valid = ~undefined & ~fewer
     notes = []
     if used0 is not None and m.name == "auroc_macro":
         C = p.scores(m.name).shape[1]
@@ -784,11 +950,11 @@ def _summarise(
         if used0 < expected:
             notes.append(f"macro over the {used0} of {expected} classes present in the test split")
     if fewer.any():
-        notes.append(f"{int(fewer.sum())} replicates lacked a class (macro over classes present)")
+        notes.append(f"{int(fewer.sum())} replicates lacked a class, excluded from the CI and from paired tests")
     if undefined.any():
         notes.append(f"{int(undefined.sum())} replicates undefined (single class drawn), excluded from the CI")
-    jack = m.jackknife(p)[0] if ci == "bca" else None
-    lo, hi, ci_note = confidence_interval(reps, value, method=ci, alpha=alpha, jack=jack)
+    lo, hi, ci_note = confidence_interval(reps[valid], value, method=ci, alpha=alpha, jack=jack,
+                                          allow_bca=m.extra.get("bca", True))
     if ci_note:
         notes.append(ci_note)
     finite = math.isfinite(lo) and math.isfinite(hi)
@@ -798,15 +964,17 @@ def _summarise(
         "ci_high": float(hi) if finite else None,
         **base,
         "n_invalid": int(undefined.sum() + fewer.sum()),
+        "n_lost_class": int(fewer.sum()),
+        "n_undefined": int(undefined.sum()),
         "note": "; ".join(notes),
-    }
+    }, valid
 
 
 # --------------------------------------------------------------------------------------------------
 # Paired comparison
 
 
-def _align(pa: _Prepared, pb: _Prepared, raw_b: dict[str, Any]) -> _Prepared:
+def _align(pa: Prepared, pb: Prepared, raw_b: dict[str, Any]) -> Prepared:
     """Return B's predictions in A's id order; refuse mismatched id sets."""
     for name, q in (("A", pa), ("B", pb)):
         if len(set(q.ids)) != q.n:
@@ -834,7 +1002,7 @@ def _align(pa: _Prepared, pb: _Prepared, raw_b: dict[str, Any]) -> _Prepared:
             new[k] = np.asarray(v)[order]
         else:
             new[k] = v
-    return _Prepared(new)
+    return Prepared(new)
 
 
 def paired_from_replicates(
@@ -844,9 +1012,10 @@ def paired_from_replicates(
     value_b: float,
     *,
     test: str = "bootstrap",
-    ci: str = "percentile",
-    alpha: float = 0.05,
+    ci: str = CI_METHOD,
+    alpha: float = ALPHA,
     jack_diff: np.ndarray | None = None,
+    exclude: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Paired test from replicates computed on identical resamples (same index matrix for A and B).
 
@@ -855,11 +1024,15 @@ def paired_from_replicates(
     |d* - d|, with the +1 correction so p is never 0:  p = (1 + #{|d*_b - d| >= |d|}) / (1 + B).
     ``paper-ttest``: DermINO's two-sided paired t-test on the B replicate pairs (scipy ttest_rel).
     Anti-conservative: its standard error is SD(d*)/sqrt(B), so p shrinks with B, not with the data.
+    ``exclude``: replicates to leave out explicitly (e.g. ones that lost a class for either model); they
+    are counted in ``n_excluded`` and named in the note, never mixed in.
     """
     if test not in TESTS:
         raise DermbenchError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")
     ra, rb = np.asarray(reps_a, float), np.asarray(reps_b, float)
-    ok = np.isfinite(ra) & np.isfinite(rb)
+    finite = np.isfinite(ra) & np.isfinite(rb)
+    ex = np.zeros(ra.shape, bool) if exclude is None else (np.asarray(exclude, bool) & finite)
+    ok = finite & ~ex
     d_star = ra[ok] - rb[ok]
     d = float(value_a) - float(value_b)
     B = int(d_star.size)
@@ -884,8 +1057,11 @@ def paired_from_replicates(
     lo, hi, ci_note = confidence_interval(d_star, d, method=ci, alpha=alpha, jack=jack_diff)
     if ci_note:
         notes.append(ci_note)
-    if B < ra.size:
-        notes.append(f"{ra.size - B} replicates undefined for a model, excluded")
+    n_undef = int((~finite).sum())
+    if n_undef:
+        notes.append(f"{n_undef} replicates undefined for a model, excluded")
+    if ex.any():
+        notes.append(f"{int(ex.sum())} replicates that lost a class for a model, excluded")
     return {
         "diff": d,
         "value_a": float(value_a),
@@ -897,7 +1073,9 @@ def paired_from_replicates(
         "test": test,
         "label": label,
         "n_boot": int(ra.size),
+        "n_used": B,
         "n_invalid": int(ra.size - B),
+        "n_excluded": int(ex.sum()),
         "note": "; ".join(notes),
     }
 
@@ -908,29 +1086,34 @@ def paired_test(
     metric: str,
     *,
     split_hash: str,
-    seed: int,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     test: str = "bootstrap",
-    ci: str = "percentile",
-    strata: Any = None,
-    alpha: float = 0.05,
+    ci: str = CI_METHOD,
+    strata: Any = "auto",
+    alpha: float = ALPHA,
+    boot_seed: int = BOOTSTRAP_SEED,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """Compare A and B (difference a - b) on identical resamples drawn from (split_hash, seed).
+    """Compare A and B (difference a - b) on identical resamples drawn from (split_hash, bootstrap seed).
 
-    Returns diff, value_a, value_b, the diff's CI, a two-sided p-value, the test label and n/n_boot. Raises
-    DermbenchError if the two prediction sets cover different sample ids, UndefinedMetric if the metric is
-    undefined on the split.
+    Returns diff, value_a, value_b, the diff's CI, a two-sided p-value, the test label, n/n_boot and how many
+    replicates were excluded (undefined, or a class lost for either model). Raises DermbenchError if the two
+    prediction sets cover different sample ids, UndefinedMetric if the metric is undefined on the split.
+    ``seed`` is ignored (see :func:`score`).
     """
+    _legacy_seed(seed, "paired_test")
     m = get_metric(metric)
     pa = _as_prepared(pred_a)
     pb = _align(pa, _as_prepared(pred_b), pred_b if isinstance(pred_b, dict) else pred_b.raw)
-    idx = Resamples(bootstrap_indices(split_hash, seed, pa.n, n_boot, _resolve_strata(pa, strata)))
-    va, _ = _point_used(pa, m)
-    vb, _ = _point_used(pb, m)
-    ra, _ = _replicates_used(pa, m, idx)
-    rb, _ = _replicates_used(pb, m, idx)
-    jd = m.jackknife(pa)[0] - m.jackknife(pb)[0] if ci == "bca" else None
-    out = paired_from_replicates(ra, rb, va, vb, test=test, ci=ci, alpha=alpha, jack_diff=jd)
+    idx, _ = resamples_for(pa, split_hash=split_hash, n_boot=n_boot, strata=strata, boot_seed=boot_seed)
+    sa = evaluate(pa, metric, idx, ci="percentile", alpha=alpha, keep_jackknife=ci == "bca")
+    sb = evaluate(pb, metric, idx, ci="percentile", alpha=alpha, keep_jackknife=ci == "bca")
+    if sa.value is None or sb.value is None:
+        raise UndefinedMetric((sa.summary if sa.value is None else sb.summary)["note"])
+    jd = sa.jackknife - sb.jackknife if ci == "bca" else None  # type: ignore[operator]
+    lost = (np.isfinite(sa.replicates) & ~sa.valid) | (np.isfinite(sb.replicates) & ~sb.valid)  # type: ignore[operator]
+    out = paired_from_replicates(sa.replicates, sb.replicates, sa.value, sb.value, test=test, ci=ci, alpha=alpha,
+                                 jack_diff=jd, exclude=lost)
     out.update(metric=metric, n=pa.n, higher_is_better=m.higher_is_better)
     return out
 

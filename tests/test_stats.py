@@ -94,9 +94,15 @@ def test_replicate_missing_a_class_uses_present_classes_and_counts_invalid() -> 
     np.testing.assert_allclose(
         stats.replicates(pr, "f1_macro", idx), [skm.f1_score(y[ii], yp[ii], average="macro") for ii in idx], atol=1e-9
     )
-    out = stats.score(pr, ["auroc_macro"], split_hash="rare", seed=1, n_boot=200)["auroc_macro"]
-    assert out["n_invalid"] == int(missing.sum())
-    assert "lacked a class" in out["note"]
+    out = stats.score(pr, ["auroc_macro"], split_hash="rare", boot_seed=1, n_boot=200, strata=None)["auroc_macro"]
+    assert out["n_invalid"] == out["n_lost_class"] == int(missing.sum())
+    assert "lacked a class, excluded from the CI and from paired tests" in out["note"]
+    assert out["strata"] == "none"
+    # the CI uses only the replicates with the full class set
+    assert out["ci_low"] == pytest.approx(np.quantile(reps[~missing], 0.025))
+    # default: classification resamples within classes, so no replicate loses a class
+    strat = stats.score(pr, ["auroc_macro"], split_hash="rare", n_boot=200)["auroc_macro"]
+    assert strat["strata"] == "y_true" and strat["n_invalid"] == 0 and strat["boot_seed"] == 0
 
 
 def test_vectorised_speed_smoke_large_n() -> None:
@@ -152,7 +158,7 @@ def test_indices_depend_only_on_split_and_seed() -> None:
     # a fixed fingerprint: the derivation must never change silently (results stay paired across versions)
     assert a[0, :5].tolist() == [59, 13, 27, 41, 66]
     strat = stats.bootstrap_indices("abc", 0, 100, 50, strata=np.arange(100) % 3)
-    assert strat[0, :5].tolist() == [33, 30, 9, 96, 33]
+    assert strat[0, :5].tolist() == [48, 99, 48, 3, 39]  # v2: one stream per stratum (row-blockable)
 
 
 def test_stratified_indices_keep_class_counts() -> None:
@@ -163,7 +169,7 @@ def test_stratified_indices_keep_class_counts() -> None:
     plain = stats.bootstrap_indices("s", 0, 100, 100)
     assert np.bincount(y[plain[0]], minlength=3).tolist() != [70, 20, 10] or not np.array_equal(plain, idx)
     pr = make_preds(100, 3, seed=9, y=y)
-    out = stats.score(pr, ["auroc_macro"], split_hash="s", seed=0, n_boot=100, strata="y_true")["auroc_macro"]
+    out = stats.score(pr, ["auroc_macro"], split_hash="s", boot_seed=0, n_boot=100, strata="y_true")["auroc_macro"]
     reps = stats.replicates(pr, "auroc_macro", idx)
     assert out["ci_low"] == pytest.approx(np.quantile(reps, 0.025))
     assert out["n_invalid"] == 0  # stratification guarantees every class in every replicate
@@ -174,7 +180,7 @@ def test_two_models_scored_separately_are_paired() -> None:
     b["y_true"] = a["y_true"]
     idx = stats.bootstrap_indices("split", 0, 200, 300)
     ra, rb = stats.replicates(a, "accuracy", idx), stats.replicates(b, "accuracy", idx)
-    res = stats.paired_test(a, b, "accuracy", split_hash="split", seed=0, n_boot=300)
+    res = stats.paired_test(a, b, "accuracy", split_hash="split", boot_seed=0, strata=None, n_boot=300)
     d = stats.point(a, "accuracy") - stats.point(b, "accuracy")
     assert res["diff"] == pytest.approx(d)
     expected_p = (1 + np.sum(np.abs((ra - rb) - d) >= abs(d))) / 301
@@ -187,7 +193,7 @@ def test_two_models_scored_separately_are_paired() -> None:
 
 def test_score_output_is_json_and_percentile_ci() -> None:
     pr = make_preds(200, 4, seed=12)
-    out = stats.score(pr, ["auroc_macro", "f1_macro", "accuracy"], split_hash="h", seed=5, n_boot=250)
+    out = stats.score(pr, ["auroc_macro", "f1_macro", "accuracy"], split_hash="h", boot_seed=5, strata=None, n_boot=250)
     json.dumps(out)  # plain floats/ints/strings only
     idx = stats.bootstrap_indices("h", 5, 200, 250)
     for name, r in out.items():
@@ -202,7 +208,7 @@ def test_score_output_is_json_and_percentile_ci() -> None:
 
 def test_paper_ci_is_mean_plus_minus_1_96_sd() -> None:
     pr = make_preds(200, 3, seed=13)
-    out = stats.score(pr, ["accuracy"], split_hash="h", seed=0, n_boot=300, ci="paper")["accuracy"]
+    out = stats.score(pr, ["accuracy"], split_hash="h", boot_seed=0, strata=None, n_boot=300, ci="paper")["accuracy"]
     reps = stats.replicates(pr, "accuracy", stats.bootstrap_indices("h", 0, 200, 300))
     mu, sd = reps.mean(), reps.std(ddof=1)
     assert out["ci_low"] == pytest.approx(mu - 1.959964 * sd, abs=1e-6)
@@ -227,10 +233,10 @@ def test_bca_matches_textbook_formula() -> None:
     from scipy.stats import norm
 
     pr = make_preds(120, 3, seed=15)
-    out = stats.score(pr, ["auroc_macro"], split_hash="b", seed=0, n_boot=400, ci="bca")["auroc_macro"]
-    reps = stats.replicates(pr, "auroc_macro", stats.bootstrap_indices("b", 0, 120, 400))
+    out = stats.score(pr, ["auroc_macro"], split_hash="b", boot_seed=0, strata=None, n_boot=2000, ci="bca")["auroc_macro"]
+    reps = stats.replicates(pr, "auroc_macro", stats.bootstrap_indices("b", 0, 120, 2000))
     theta = stats.point(pr, "auroc_macro")
-    z0 = norm.ppf((np.sum(reps < theta) + 0.5 * np.sum(reps == theta)) / 400)
+    z0 = norm.ppf((np.sum(reps < theta) + 0.5 * np.sum(reps == theta)) / 2000)
     jk = stats.jackknife(pr, "auroc_macro")
     d = jk.mean() - jk
     a = (d**3).sum() / (6 * (d**2).sum() ** 1.5)
@@ -244,13 +250,13 @@ def test_bca_matches_textbook_formula() -> None:
 
 def test_paired_test_identical_models_and_clear_winner() -> None:
     a = make_preds(300, 3, seed=16, sep=2.5)
-    same = stats.paired_test(a, a, "auroc_macro", split_hash="p", seed=0, n_boot=200)
+    same = stats.paired_test(a, a, "auroc_macro", split_hash="p", boot_seed=0, strata=None, n_boot=200)
     assert same["diff"] == 0.0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0.0
     weak = make_preds(300, 3, seed=17, sep=0.2, y=a["y_true"])
-    res = stats.paired_test(a, weak, "auroc_macro", split_hash="p", seed=0, n_boot=200)
+    res = stats.paired_test(a, weak, "auroc_macro", split_hash="p", boot_seed=0, strata=None, n_boot=200)
     assert res["diff"] > 0.2 and res["p_value"] == pytest.approx(1 / 201) and res["ci_low"] > 0
     assert res["test"] == "bootstrap" and "+1" not in res["label"] or "(1+" in res["label"]
-    tt = stats.paired_test(a, weak, "auroc_macro", split_hash="p", seed=0, n_boot=200, test="paper-ttest")
+    tt = stats.paired_test(a, weak, "auroc_macro", split_hash="p", boot_seed=0, strata=None, n_boot=200, test="paper-ttest")
     assert "ANTI-CONSERVATIVE" in tt["label"] and tt["p_value"] < 1e-10
 
 
@@ -259,12 +265,12 @@ def test_paired_test_aligns_reordered_ids_and_refuses_mismatched() -> None:
     b = make_preds(80, 3, seed=19, y=a["y_true"])
     perm = np.random.default_rng(0).permutation(80)
     b_perm = {k: (np.asarray(v)[perm] if k != "ids" else [v[i] for i in perm]) for k, v in b.items()}
-    r1 = stats.paired_test(a, b, "f1_macro", split_hash="q", seed=0, n_boot=100)
-    r2 = stats.paired_test(a, b_perm, "f1_macro", split_hash="q", seed=0, n_boot=100)
+    r1 = stats.paired_test(a, b, "f1_macro", split_hash="q", boot_seed=0, strata=None, n_boot=100)
+    r2 = stats.paired_test(a, b_perm, "f1_macro", split_hash="q", boot_seed=0, strata=None, n_boot=100)
     assert r1 == r2
     c = dict(b, ids=[f"other{i}" for i in range(3)] + b["ids"][3:])
     with pytest.raises(DermbenchError, match=r"different samples .*img0000.*other0"):
-        stats.paired_test(a, c, "f1_macro", split_hash="q", seed=0, n_boot=100)
+        stats.paired_test(a, c, "f1_macro", split_hash="q", boot_seed=0, strata=None, n_boot=100)
 
 
 def test_correct_holm_bh_none() -> None:
@@ -284,7 +290,7 @@ def test_single_class_split_gives_none_with_note() -> None:
     pr = make_preds(30, 3, seed=20, y=np.zeros(30, int))
     with pytest.raises(stats.UndefinedMetric, match="single class"):
         stats.point(pr, "auroc_macro")
-    out = stats.score(pr, ["auroc_macro", "accuracy"], split_hash="one", seed=0, n_boot=50)
+    out = stats.score(pr, ["auroc_macro", "accuracy"], split_hash="one", boot_seed=0, strata=None, n_boot=50)
     assert out["auroc_macro"]["value"] is None and "single class ([0])" in out["auroc_macro"]["note"]
     assert math.isfinite(out["accuracy"]["value"])  # the other metrics are kept
 
@@ -292,7 +298,7 @@ def test_single_class_split_gives_none_with_note() -> None:
 def test_class_absent_from_test_split_is_noted() -> None:
     y = np.array([0, 1] * 40)  # class 2 never occurs among 3 columns
     pr = make_preds(80, 3, seed=21, y=y)
-    out = stats.score(pr, ["auroc_macro"], split_hash="abs", seed=0, n_boot=50)["auroc_macro"]
+    out = stats.score(pr, ["auroc_macro"], split_hash="abs", boot_seed=0, strata=None, n_boot=50)["auroc_macro"]
     assert out["value"] == pytest.approx(sk_auroc_present(y, pr["scores"]))
     assert "2 of 3 classes" in out["note"]
 
@@ -301,7 +307,7 @@ def test_nan_scores_name_count_and_ids() -> None:
     pr = make_preds(40, 3, seed=22)
     pr["scores"][[3, 17], 1] = np.nan
     with pytest.raises(DermbenchError, match=r"NaN/inf for 2 of 40 samples \(ids: img0003, img0017\)"):
-        stats.score(pr, ["auroc_macro"], split_hash="n", seed=0, n_boot=10)
+        stats.score(pr, ["auroc_macro"], split_hash="n", boot_seed=0, strata=None, n_boot=10)
 
 
 def test_other_bad_inputs_have_clear_messages() -> None:
@@ -311,10 +317,63 @@ def test_other_bad_inputs_have_clear_messages() -> None:
     with pytest.raises(DermbenchError, match=r"needs predictions\['dice'\]"):
         stats.point(pr, "dice")
     with pytest.raises(DermbenchError, match="unknown CI method"):
-        stats.score(pr, ["accuracy"], split_hash="x", seed=0, ci="normal")
+        stats.score(pr, ["accuracy"], split_hash="x", boot_seed=0, strata=None, ci="normal")
     with pytest.raises(DermbenchError, match="class 5 but scores have only 3 columns"):
         stats.point(dict(pr, y_true=np.r_[pr["y_true"][:-1], 5]), "auroc_macro")
     with pytest.raises(DermbenchError, match=r"1 of 20 are missing or not integers \(ids: img0002"):
         stats.point(dict(pr, y_true=[*pr["y_true"][:2].tolist(), None, *pr["y_true"][3:].tolist()]), "accuracy")
     with pytest.raises(DermbenchError, match="drawn for n=30"):
         stats.replicates(pr, "accuracy", stats.bootstrap_indices("x", 0, 30, 5))
+
+
+# ---------------------------------------------------------------------------------------------- 17.5 / 17.6 / 21.3
+
+
+@pytest.mark.parametrize("strata", [None, np.arange(1000) % 7])
+def test_row_block_drawing_equals_the_full_index_matrix(strata) -> None:
+    """Resamples.draw never holds the (B, n) index matrix, yet gives exactly bootstrap_indices' replicates."""
+    idx = stats.bootstrap_indices("blk", 3, 1000, 37, strata=strata)
+    full = stats.Resamples(idx).counts
+    for block in (8 * 1000, 8 * 1000 * 5, 1 << 26):  # 1, 5, all rows per block
+        drawn = stats.Resamples.draw("blk", 3, 1000, 37, strata, block_bytes=block)
+        assert drawn.idx is None and drawn.counts.dtype == np.uint8
+        np.testing.assert_array_equal(drawn.counts, full)
+
+
+def test_training_seed_never_selects_the_resamples() -> None:
+    pr = make_preds(150, 3, seed=30)
+    base = stats.score(pr, ["auroc_macro"], split_hash="t", n_boot=100)
+    with pytest.warns(DeprecationWarning, match="never from a training seed"):
+        legacy = stats.score(pr, ["auroc_macro"], split_hash="t", n_boot=100, seed=7)
+    assert legacy == base  # the training seed 7 changed nothing
+    other = stats.score(pr, ["auroc_macro"], split_hash="t", n_boot=100, boot_seed=7)
+    assert other["auroc_macro"]["ci_low"] != base["auroc_macro"]["ci_low"]
+
+
+def test_bca_guard_refuses_extreme_adjusted_levels() -> None:
+    # a max-type statistic whose replicates all sit above the estimate but one: z0 very negative
+    reps = np.r_[np.full(999, 0.3) + np.linspace(0, 0.1, 999), 0.001]
+    lo, hi, note = stats.confidence_interval(reps, 0.002, method="bca", jack=np.linspace(0, 1, 50))
+    assert "BCa refused" in note and "10/B" in note
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    assert hi > lo  # never the zero-width interval of an unguarded BCa
+    ok_lo, ok_hi, ok_note = stats.confidence_interval(np.random.default_rng(0).normal(0.5, 0.05, 1000), 0.5,
+                                                      method="bca")
+    assert ok_note.startswith("BCa z0=")
+    assert stats.bca_edge(1000) == 0.01
+
+
+def test_paired_test_excludes_replicates_that_lost_a_class() -> None:
+    y = np.array([0, 1, 2] * 19 + [0, 3, 3])
+    a = make_preds(60, 4, seed=31, y=y)
+    b = make_preds(60, 4, seed=32, y=y)
+    res = stats.paired_test(a, b, "auroc_macro", split_hash="rare", boot_seed=1, strata=None, n_boot=200)
+    idx = stats.bootstrap_indices("rare", 1, 60, 200)
+    missing = np.array([not (y[ii] == 3).any() for ii in idx])
+    assert res["n_excluded"] == int(missing.sum()) > 0 and "lost a class" in res["note"]
+    ra, rb = stats.replicates(a, "auroc_macro", idx), stats.replicates(b, "auroc_macro", idx)
+    d = res["diff"]
+    keep = ~missing
+    assert res["p_value"] == pytest.approx((1 + np.sum(np.abs((ra - rb)[keep] - d) >= abs(d))) / (1 + keep.sum()))
+    strat = stats.paired_test(a, b, "auroc_macro", split_hash="rare", n_boot=200)
+    assert strat["n_excluded"] == 0  # default: stratified within classes
