@@ -274,14 +274,32 @@ def plugins_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
 
 
 @plugins_app.command("check")
-def plugins_check(name: str = typer.Argument(..., help="a model name"), n_images: int = typer.Option(4, "--n-images"),
-                  weights: Optional[str] = typer.Option(None, "--weights")) -> None:
-    """Run a model on a few dermsynth images: shapes, speed and metadata consistency."""
+def plugins_check(
+    name: str = typer.Argument(..., help="a model, task or dataset name"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="model | task | dataset (when a name is several)"),
+    n_images: int = typer.Option(4, "--n-images", help="images a model runs on / a dataset decodes"),
+    weights: Optional[str] = typer.Option(None, "--weights"),
+    model: Optional[str] = typer.Option(None, "--model", help="task: backbone to run it with (default random-vit)"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="task: dataset to run it on (default dermsynth)"),
+    n: Optional[int] = typer.Option(None, "--n", help="task: dermsynth images (default 48)"),
+    task_opt: Optional[list[str]] = typer.Option(None, "--task-opt", help="task: key=value option"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="dataset: folder holding its files"),
+    dataset_opt: Optional[list[str]] = typer.Option(None, "--dataset-opt", help="dataset: key=value loader option"),
+    debug: bool = typer.Option(False, "--debug", help="full tracebacks of plugin failures (or DERMBENCH_DEBUG=1)"),
+) -> None:
+    """Check a plugin's model (load, shapes, metadata), task (a run on small dermsynth with a random backbone,
+    output keys/lengths/metrics) or dataset (load, counts, declared fields, masks, splits)."""
     from dermbench import check
 
-    report = check.check_model(name, n_images=n_images, weights=weights)
-    _table(check.report_rows(report), f"plugins check {name}")
-    if not report.get("ok", False):
+    reports = check.check(
+        name, kind=kind, debug=debug, n_images=n_images, weights=weights, model=model, dataset=dataset, n=n,
+        task_opts=parse_kv(task_opt, "--task-opt"), data_root=data_root, dataset_opts=parse_kv(dataset_opt, "--dataset-opt"),
+    )
+    for report in reports:
+        _table(check.report_rows(report), f"plugins check {report['kind']} {name}")
+        for tb in report.get("tracebacks", []):
+            print(tb, file=sys.stderr)
+    if not all(r.get("ok", False) for r in reports):
         raise typer.Exit(1)
 
 
