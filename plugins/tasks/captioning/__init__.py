@@ -311,6 +311,10 @@ def register_tasks(register):
 
 def _resolve_metric(name: str):
     """corpus_bleu1..4 for the statistics engine; imports the metric module only when asked."""
+    if name.startswith("dermino_bleu"):  # the DermINO authors' nltk BLEU (metrics=dermino)
+        from dermbench_plugins.tasks.protocols.captions import resolve_metric as resolve_dermino
+
+        return resolve_dermino(name)
     if not name.startswith("corpus_bleu"):
         return None
     from dermbench_plugins.tasks.captioning.metrics import resolve_metric

@@ -128,7 +128,7 @@ def resolve_metric(name: str) -> Any:
         return None
     import numpy as np
 
-    from dermbench import stats
+    from dermbench import api
 
     keys = ("seg_tp", "seg_fp", "seg_fn", "seg_tn")
     which = 0 if name == "dermino_dice" else 1
@@ -150,7 +150,7 @@ def resolve_metric(name: str) -> Any:
         return weighted(p, 1.0 - np.eye(p.n))
 
     label = "Dice averaged over classes incl. background" if which == 0 else "micro JAC Σtp/(Σtp+Σfp+Σfn)"
-    return stats.Metric(
+    return api.Metric(
         name, keys, weighted, jack,
         description=f"DermINO authors' segmentation metric: {label}, pooled per test batch of {SEG_BATCH} "
         "(test order), mean over batches; resampled over images",

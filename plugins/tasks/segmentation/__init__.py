@@ -506,3 +506,17 @@ def _as_bool(v: Any, name: str) -> bool:
 def register_tasks(register):
     register(INFO, Segmentation)
     register(INFO_UPERNET, Segmentation)
+
+
+def _resolve_metric(name: str):
+    """dermino_dice / dermino_jac (the DermINO authors' batch-pooled metric, ``metric=dermino``)."""
+    if not name.startswith("dermino_"):
+        return None
+    from dermbench_plugins.tasks.protocols.dermino import resolve_metric
+
+    return resolve_metric(name)
+
+
+@hookimpl
+def register_metrics(register):
+    register(_resolve_metric)
