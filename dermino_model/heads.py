@@ -53,11 +53,16 @@ class DINOHead(nn.Module):
 
 
 class PrototypeClassifier(nn.Module):
-    """DermINO's supervised term: ``logits = X_cls W^T`` with W (n_classes, D) initialised from text embeddings."""
+    """DermINO's supervised term: ``logits = X_cls W^T`` with W (n_classes, D) initialised from text embeddings.
 
-    def __init__(self, dim: int, n_classes: int, init: torch.Tensor | None = None) -> None:
+    ``trainable=False`` is the authors' code: W is built outside the student (``SSLMetaArch.linear``), so it
+    is never in the optimiser, gets no weight decay and keeps its unit-norm text rows; gradients still flow
+    *through* it into the backbone. ``trainable=True`` is the paper's wording ("prototype initialization").
+    """
+
+    def __init__(self, dim: int, n_classes: int, init: torch.Tensor | None = None, trainable: bool = True) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(n_classes, dim))
+        self.weight = nn.Parameter(torch.empty(n_classes, dim), requires_grad=trainable)
         if init is not None:
             if tuple(init.shape) != (n_classes, dim):
                 raise ValueError(f"prototype init has shape {tuple(init.shape)}, expected {(n_classes, dim)}")
@@ -65,6 +70,10 @@ class PrototypeClassifier(nn.Module):
                 self.weight.copy_(init)
         else:
             nn.init.trunc_normal_(self.weight, std=0.02)
+
+    @property
+    def trainable(self) -> bool:
+        return self.weight.requires_grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):  # logits feed a BCE: keep them fp32

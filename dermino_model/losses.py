@@ -210,20 +210,32 @@ def masked_bce(
     targets: torch.Tensor,
     known: torch.Tensor,
     global_count: bool = False,
+    per_crop: bool = False,
 ) -> torch.Tensor:
-    """``sum n_ij BCE(sigma(l_ij), y_ij) / sum n_ij`` with logits in fp32; 0 (not NaN) when nothing is known.
+    """Masked BCE-with-logits in fp32; 0 (not NaN) when nothing is known.
+
+    ``per_crop=False``: ``sum n_ij BCE_ij / sum n_ij`` (every known entry weighs the same, so an image from an
+    8-class source weighs 4x one from a 2-class source). ``per_crop=True`` is the authors' code: each crop's
+    BCE is averaged over *its* known classes, then the crops that have any known class are averaged, so every
+    labelled crop weighs the same whatever the size of its source's label set.
 
     Unknown entries (``n_ij = 0``: classes absent from the image's source label set, or unlabelled
-    images) get exactly zero gradient, whatever their ``y_ij``. With ``global_count`` the denominator is
-    the all-reduced count divided by the world size, so that DDP's gradient averaging over ranks gives
-    the mean over the known entries of the *global* batch.
+    images) get exactly zero gradient, whatever their ``y_ij``. With ``global_count`` the denominator (known
+    entries, or labelled crops) is all-reduced and divided by the world size, so that DDP's gradient
+    averaging over ranks gives the mean over the *global* batch (the authors divide by each rank's own count).
     """
     with _fp32_no_autocast():
         known_b = known.bool()
         y = torch.where(known_b, targets.float(), torch.zeros_like(targets, dtype=torch.float32))
         per = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="none")
         per = torch.where(known_b, per, torch.zeros_like(per))
-        count = known_b.sum().float()
+        if per_crop:
+            n_known = known_b.sum(dim=1).float()
+            labelled = n_known > 0
+            per = per.sum(dim=1) / torch.where(labelled, n_known, torch.ones_like(n_known))
+            count = labelled.sum().float()
+        else:
+            count = known_b.sum().float()
         if global_count:
             count = count.detach().clone()
             all_reduce_(count)

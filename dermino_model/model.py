@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from dermino_model.heads import DINOHead, PrototypeClassifier
-from dermino_model.vit import MaskedViT, create_vit, load_into_vit, read_state_dict
+from dermino_model.vit import MaskedViT, create_vit, load_into_masked_vit, read_state_dict, resolve_init_weights
 
 
 class SSLModel(nn.Module):
@@ -45,20 +45,30 @@ class SSLModel(nn.Module):
 
 
 def build_models(cfg, n_classes: int, prototype_init: torch.Tensor | None = None) -> tuple[SSLModel, SSLModel, list[str]]:
-    """(student, teacher, notes). The teacher starts as an exact copy of the student, without drop-path."""
+    """(student, teacher, notes). The teacher starts as an exact copy of the student, without drop-path.
+
+    ``cfg.init_weights`` (a file, ``dinov2_vitb14`` or an HF repo id) initialises the student backbone *and* its
+    mask token (resampling the position table to ``global_size``), then the teacher copies the student, as
+    the authors' ``SSLMetaArch`` does. Heads are always fresh. Prototypes are frozen unless
+    ``cfg.prototype_trainable``.
+    """
     notes: list[str] = []
     kw = dict(embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads)
-    s_vit = create_vit(cfg.arch, cfg.patch_size, cfg.global_size, cfg.drop_path_rate, cfg.layerscale, **kw)
+    s_vit = create_vit(cfg.arch, cfg.patch_size, cfg.global_size, cfg.drop_path_rate, cfg.layerscale,
+                       drop_path_uniform=getattr(cfg, "drop_path_uniform", False), **kw)
+    s_backbone = MaskedViT(s_vit)
     if cfg.init_weights:
-        notes += load_into_vit(s_vit, read_state_dict(cfg.init_weights))
-        notes.append(f"student initialised from {cfg.init_weights}")
+        path = resolve_init_weights(cfg.init_weights)
+        notes += load_into_masked_vit(s_backbone, read_state_dict(path))
+        notes.append(f"student initialised from {path}")
     dim = s_vit.embed_dim
 
     def head() -> DINOHead:
         return DINOHead(dim, cfg.n_prototypes, cfg.head_hidden_dim, cfg.head_bottleneck_dim, cfg.head_nlayers)
 
-    protos = PrototypeClassifier(dim, n_classes, prototype_init) if n_classes else None
-    student = SSLModel(MaskedViT(s_vit), head(), head() if cfg.separate_ibot_head else None, protos)
+    protos = (PrototypeClassifier(dim, n_classes, prototype_init, trainable=getattr(cfg, "prototype_trainable", True))
+              if n_classes else None)
+    student = SSLModel(s_backbone, head(), head() if cfg.separate_ibot_head else None, protos)
     t_vit = create_vit(cfg.arch, cfg.patch_size, cfg.global_size, 0.0, cfg.layerscale, **kw)
     teacher = SSLModel(MaskedViT(t_vit), head(), head() if cfg.separate_ibot_head else None, None)
     sd = {k: v for k, v in student.state_dict().items() if not k.startswith("prototypes.")}

