@@ -76,6 +76,11 @@ __all__ = [
     "Prepared",
     "confidence_interval",
     "bca_edge",
+    "pool_seeds",
+    "seed_draws",
+    "simultaneous_intervals",
+    "projection_gap_interval",
+    "projection_worst_interval",
     "paired_test",
     "paired_from_replicates",
     "correct",
@@ -897,8 +902,14 @@ def evaluate(
         return Scored({"value": None, "ci_low": None, "ci_high": None, **base, "n_invalid": B, "n_lost_class": 0,
                        "n_undefined": B, "note": str(e)}, None, None)
     reps, used = _replicates_used(p, m, resamples)
-    jack = m.jackknife(p)[0] if (ci == "bca" or keep_jackknife) else None
-    summary, valid = _summarise(p, m, value, used0, reps, used, ci=ci, alpha=alpha, base=base, jack=jack)
+    custom = m.extra.get("interval")
+    jack = m.jackknife(p)[0] if ((ci == "bca" and custom is None) or keep_jackknife) else None
+    override = None
+    if custom is not None:  # statistics whose bootstrap is biased (max/min over groups) bring their own method
+        override = custom(p, resamples.counts, value, alpha)
+        base["ci_method"] = m.extra.get("interval_name", "custom")
+    summary, valid = _summarise(p, m, value, used0, reps, used, ci=ci, alpha=alpha, base=base, jack=jack,
+                                override=override)
     return Scored(summary, reps, valid, jack)
 
 
@@ -939,6 +950,7 @@ def score(
 def _summarise(
     p: Prepared, m: Metric, value: float, used0: int | None, reps: np.ndarray, used: np.ndarray | None,
     *, ci: str, alpha: float, base: dict[str, Any], jack: np.ndarray | None = None,
+    override: tuple[float, float, str] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     undefined = ~np.isfinite(reps)
     fewer = (used < used0) & ~undefined if (used is not None and used0 is not None) else np.zeros_like(undefined)
@@ -953,8 +965,11 @@ def _summarise(
         notes.append(f"{int(fewer.sum())} replicates lacked a class, excluded from the CI and from paired tests")
     if undefined.any():
         notes.append(f"{int(undefined.sum())} replicates undefined (single class drawn), excluded from the CI")
-    lo, hi, ci_note = confidence_interval(reps[valid], value, method=ci, alpha=alpha, jack=jack,
-                                          allow_bca=m.extra.get("bca", True))
+    if override is not None:
+        lo, hi, ci_note = override
+    else:
+        lo, hi, ci_note = confidence_interval(reps[valid], value, method=ci, alpha=alpha, jack=jack,
+                                              allow_bca=m.extra.get("bca", True))
     if ci_note:
         notes.append(ci_note)
     finite = math.isfinite(lo) and math.isfinite(hi)
@@ -1116,6 +1131,113 @@ def paired_test(
                                  jack_diff=jd, exclude=lost)
     out.update(metric=metric, n=pa.n, higher_is_better=m.higher_is_better)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Several training seeds: two-level (test sample x seed) bootstrap
+
+
+def seed_draws(key: str, k: int, n_boot: int, boot_seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """(n_boot, k) seed positions drawn with replacement, from (key, k, B, bootstrap seed) only."""
+    digest = hashlib.sha256(json.dumps({"v": 1, "seeds": str(key), "k": int(k), "B": int(n_boot),
+                                        "seed": int(boot_seed)}, sort_keys=True).encode()).digest()
+    rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(digest[:16], "little")))
+    return rng.integers(0, k, size=(n_boot, k))
+
+
+def pool_seeds(
+    values: Sequence[float],
+    reps: np.ndarray,
+    *,
+    key: str,
+    alpha: float = ALPHA,
+    boot_seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any]:
+    """Seed-mean of a cell run with k training seeds, with a two-level (test sample x seed) interval.
+
+    ``reps`` (k, B): each seed's replicates on the *same* test resamples (the fixed bootstrap seed makes
+    them identical across seeds). Replicate b of the seed mean averages ``reps[s, b]`` over k seeds drawn with
+    replacement (:func:`seed_draws` of ``key``), so the interval carries both the test-sample and the
+    training-seed variation. Returns value (seed mean), sd over seeds (ddof=1), the percentile interval and
+    the pooled replicates (for paired tests and ranks). k = 1 gives the single-seed replicates back.
+    """
+    v = np.asarray(values, float)
+    R = np.asarray(reps, float)
+    k, B = R.shape
+    if k != v.size:
+        raise DermbenchError(f"pool_seeds: {v.size} values but {k} replicate rows")
+    if k == 1:
+        pooled = R[0].copy()
+    else:
+        S = seed_draws(key, k, B, boot_seed)
+        pooled = np.take_along_axis(R, S.T, axis=0).mean(axis=0)  # R[S[b, j], b] averaged over j
+    mean = float(v.mean())
+    lo, hi, _ = confidence_interval(pooled, mean, method="percentile", alpha=alpha)
+    return {"value": mean, "sd": float(v.std(ddof=1)) if k > 1 else 0.0, "k": int(k),
+            "ci_low": lo, "ci_high": hi, "replicates": pooled}
+
+
+# --------------------------------------------------------------------------------------------------
+# Max/min statistics over groups: projection of simultaneous max-t intervals
+
+
+def simultaneous_intervals(point_vals: np.ndarray, rep_vals: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray, float]:
+    """Max-t simultaneous (1 - alpha) intervals for m parameters from their bootstrap replicates.
+
+    ``point_vals`` (m,), ``rep_vals`` (m, B) on identical resamples. t*_b = max_j |θ*_jb - θ̂_j| / se_j and
+    c = its (1 - alpha) quantile; interval j = θ̂_j ± c·se_j. Undefined entries (NaN) are ignored.
+    Returns (low (m,), high (m,), c)."""
+    pt = np.asarray(point_vals, float)
+    R = np.asarray(rep_vals, float)
+    ok = np.isfinite(R).any(axis=0)  # a replicate where some parameter is undefined still informs the others
+    R = R[:, ok]
+    if R.shape[1] < 2:
+        return np.full(pt.shape, np.nan), np.full(pt.shape, np.nan), math.nan
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        se = np.nanstd(R, axis=1, ddof=1)
+        se = np.where(np.isfinite(se), se, 0.0)
+        se_safe = np.where(se > 0, se, np.inf)
+        t = np.nanmax(np.abs(R - pt[:, None]) / se_safe[:, None], axis=0)
+    c = float(np.quantile(t[np.isfinite(t)], 1 - alpha))
+    return pt - c * se, pt + c * se, c
+
+
+def projection_gap_interval(point_vals: np.ndarray, rep_vals: np.ndarray, alpha: float = ALPHA) -> tuple[float, float, str]:
+    """Interval for the gap max_g θ_g - min_g θ_g that stays valid when the true gap is 0.
+
+    Percentile/BCa intervals of a max - min statistic are biased upwards (they cover a true gap of 0 in 0%
+    of simulations). Instead: simultaneous max-t intervals for every pairwise difference D_ij = θ_i - θ_j
+    (:func:`simultaneous_intervals`), projected onto the gap = max |D_ij|:
+    [max(0, max_ij(|D̂_ij| - c·se_ij)), max_ij(|D̂_ij| + c·se_ij)]. Conservative (coverage >= 1 - alpha)."""
+    pt = np.asarray(point_vals, float)
+    R = np.asarray(rep_vals, float)
+    k = pt.size
+    i, j = np.triu_indices(k, 1)
+    lo, hi, c = simultaneous_intervals(pt[i] - pt[j], R[i] - R[j], alpha)
+    if not math.isfinite(c):
+        return math.nan, math.nan, "too few valid replicates for a projection interval"
+    return _abs_projection(lo, hi), float(np.nanmax(np.maximum(np.abs(lo), np.abs(hi)))), \
+        f"projection of simultaneous max-t intervals over {i.size} pairwise group differences (c={c:.3g})"
+
+
+def _abs_projection(lo: np.ndarray, hi: np.ndarray) -> float:
+    """Smallest possible max |D| when each D lies in [lo, hi] (0 if some interval contains 0 -- for all)."""
+    low_abs = np.where((lo <= 0) & (hi >= 0), 0.0, np.minimum(np.abs(lo), np.abs(hi)))
+    return float(max(0.0, np.nanmax(low_abs)))
+
+
+def projection_worst_interval(point_vals: np.ndarray, rep_vals: np.ndarray, *, higher_is_better: bool,
+                              alpha: float = ALPHA) -> tuple[float, float, str]:
+    """Interval for the worst group's value (min, or max for lower-is-better metrics), by projecting
+    simultaneous max-t intervals of the group values: [min_g low_g, min_g high_g] (max for lower-is-better)."""
+    lo, hi, c = simultaneous_intervals(point_vals, rep_vals, alpha)
+    if not math.isfinite(c):
+        return math.nan, math.nan, "too few valid replicates for a projection interval"
+    f = np.nanmin if higher_is_better else np.nanmax
+    return float(f(lo)), float(f(hi)), f"projection of simultaneous max-t intervals over {len(lo)} groups (c={c:.3g})"
 
 
 # --------------------------------------------------------------------------------------------------
