@@ -157,9 +157,21 @@ def _module_dirs(module: str) -> list[Path]:
     return [here, here.parent]
 
 
+_RUNTIME: dict[str, DatasetVocabulary] = {}
+
+
+def register_mapping(dataset: str, spec: dict[str, Any]) -> DatasetVocabulary:
+    """Give a dataset registered at run time (notebooks, tests) a mapping without a vocab/ file."""
+    m = parse_mapping(dataset, spec, f"register_mapping({dataset!r})")
+    _RUNTIME[dataset] = m
+    return m
+
+
 def mapping_for(dataset: str, loader_module: str | None = None) -> DatasetVocabulary | None:
     """The vocabulary mapping of a registered dataset, or None when its plugin ships none."""
     base = dataset.split(":", 1)[0]
+    if base in _RUNTIME:
+        return _RUNTIME[base]
     if loader_module is None:
         from dermbench import plugins
 

@@ -1,0 +1,1 @@
+"""Robustness to dermatology-specific image corruptions (placeholder until the task lands)."""
