@@ -1,12 +1,18 @@
 """Content-addressed feature store: each (model, weights, transform, split, layers) goes through the backbone once.
 
-Key = sha256(model name, weights id, transform key, split hash, kind, layers). Entries are ``.npz`` files with a
-JSON sidecar, written atomically, so concurrent or killed runs never see torn files. Every task that works on
-frozen features (retrieval, probe, fairness, federated, captioning, segmentation's patch maps) reads from here.
+Key = sha256(model name, weights id, transform key, split hash, kind, layers). An entry is a directory
+``features/<h[:2]>/<h>/`` holding one ``.npy`` per array (``a0.npy``, ...), ``ids.npy`` and a small
+``index.json``. Batches are streamed into the ``.npy`` files of a temporary directory that is renamed into
+place, so concurrent or killed runs never see torn entries and a 10k-image set of patch maps never has to fit
+in memory. Reads are memory-mapped (``np.load(mmap_mode='r')``): tasks index features without copying them and
+concurrent tasks share the page cache. Entries of the first format (one ``.npz`` + ``.json`` sidecar) are still
+read. A per-key lock file (``fcntl.flock``) makes concurrent runs that need the same features wait for the
+first one's forward pass instead of repeating it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,13 +20,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from dermbench.api import Backbone, DermbenchError, Split, stable_hash
 from dermbench.results import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+
+FORMAT = 2  # 1 = single .npz per entry (still readable), 2 = directory of .npy files + index.json
 
 
 def default_cache_dir() -> Path:
@@ -30,26 +38,48 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dermbench"
 
 
+def default_workers(device: str) -> int:
+    """DataLoader worker processes for decoding: 0 (threads, unchanged) on CPU, the free cores on an accelerator."""
+    if not str(device).startswith("cuda"):
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(32, cores - 1))
+
+
 @dataclass
 class StoreStats:
     hits: int = 0
     misses: int = 0
     images_forwarded: int = 0
     extract_seconds: float = 0.0
+    lock_waits: int = 0  # times this process waited for another one extracting the same entry
 
 
 class FeatureStore:
-    def __init__(self, root: Path | None = None, batch_size: int = 32, num_threads: int = 2):
+    """The cache. ``workers``/``amp``/``channels_last`` tune extraction on accelerators (see ``extract``)."""
+
+    def __init__(self, root: Path | None = None, batch_size: int = 32, num_threads: int = 2,
+                 workers: int | None = None, amp: str | None = None, channels_last: bool = False,
+                 log: Callable[[str], None] | None = None):
+        if amp not in (None, "bf16", "fp16"):
+            raise DermbenchError(f"amp={amp!r} is not supported: use bf16, fp16 or nothing (full precision)")
         self.root = Path(root) if root else default_cache_dir()
         self.dir = self.root / "features"
         self.batch_size = batch_size
         self.num_threads = num_threads
+        self.workers = workers
+        self.amp = amp
+        self.channels_last = bool(channels_last)
+        self.log = log
         self.stats = StoreStats()
 
     # ---------------------------------------------------------------- keys and paths
-    @staticmethod
-    def key(backbone: Backbone, split: Split, kind: str, layers: Sequence[int] = (), dtype: str = "float32") -> dict:
-        return {
+    def key(self, backbone: Backbone, split: Split, kind: str, layers: Sequence[int] = (),
+            dtype: str = "float32") -> dict:
+        k = {
             "model": backbone.info.name,
             "weights_id": backbone.weights_id,
             "transform": backbone.info.preprocess.key(),
@@ -60,14 +90,24 @@ class FeatureStore:
             "layers": list(layers),
             "dtype": dtype,
         }
+        # only options that change the numbers enter the key; defaults keep existing entries valid
+        if self.amp:
+            k["amp"] = self.amp
+        if self.channels_last:
+            k["channels_last"] = True
+        return k
 
-    def _path(self, key: dict) -> Path:
+    def _entry_dir(self, key: dict) -> Path:
+        h = stable_hash(key, n=32)
+        return self.dir / h[:2] / h
+
+    def _legacy_path(self, key: dict) -> Path:
         h = stable_hash(key, n=32)
         return self.dir / h[:2] / f"{h}.npz"
 
     # ---------------------------------------------------------------- public API
     def embeddings(self, backbone: Backbone, split: Split, device: str = "cpu", progress: Any = None) -> "np.ndarray":
-        """(n, D) float32 from ``backbone.embed``, in split order."""
+        """(n, D) float32 from ``backbone.embed``, in split order (read-only, memory-mapped when cached)."""
         key = self.key(backbone, split, "embed")
         arrays = self._get_or_compute(key, split, lambda x: [backbone.embed(x)], device, progress, backbone)
         return arrays[0]
@@ -75,48 +115,145 @@ class FeatureStore:
     def patch_tokens(
         self, backbone: Backbone, split: Split, layers: Sequence[int], device: str = "cpu", progress: Any = None
     ) -> list["np.ndarray"]:
-        """One (n, D, h, w) float16 map per layer, from ``backbone.patch_tokens``."""
+        """One (n, D, h, w) float16 map per layer, from ``backbone.patch_tokens``.
+
+        The maps are memory-mapped: slice them per batch (``maps[l][lo:hi]``) rather than converting them whole.
+        """
         key = self.key(backbone, split, "patch", layers, dtype="float16")
         return self._get_or_compute(
             key, split, lambda x: backbone.patch_tokens(x, list(layers)), device, progress, backbone, np_dtype="float16"
         )
 
-    def _get_or_compute(self, key, split, fn, device, progress, backbone, np_dtype="float32") -> list["np.ndarray"]:
+    def put(self, key: dict, ids: Sequence[str], arrays: Sequence["np.ndarray"]) -> Path:
+        """Write an entry directly (synthetic features for scale tests, imports from other tools)."""
+        d = self._entry_dir(key)
+        w = _EntryWriter(d, len(ids))
+        try:
+            w.add(0, list(arrays))
+            w.commit(key, ids)
+        finally:
+            w.abort()
+        return d
+
+    def read(self, key: dict, ids: Sequence[str]) -> list["np.ndarray"] | None:
+        """The entry's arrays (memory-mapped, read-only) if it exists and holds exactly ``ids``; else None."""
         import numpy as np
 
-        path = self._path(key)
-        if path.exists():
+        d = self._entry_dir(key)
+        if (d / "index.json").exists():
             try:
-                with np.load(path) as z:
-                    ids = z["ids"].tolist()
-                    if ids == split.ids:
-                        self.stats.hits += 1
-                        return [z[f"a{i}"] for i in range(len(z.files) - 1)]
+                meta = json.loads((d / "index.json").read_text())
+                stored = np.load(d / "ids.npy", allow_pickle=False)
+                if len(stored) != len(ids) or stored.tolist() != list(ids):
+                    return None
+                return [np.load(d / f"a{i}.npy", mmap_mode="r", allow_pickle=False).view(np.ndarray)
+                        for i in range(int(meta["arrays"]))]
             except Exception:  # a damaged entry is recomputed, never trusted
-                pass
-        self.stats.misses += 1
-        t0 = time.perf_counter()
-        arrays = extract(backbone, split, fn, device=device, batch_size=self.batch_size,
-                         num_threads=self.num_threads, progress=progress, np_dtype=np_dtype)
-        self.stats.extract_seconds += time.perf_counter() - t0
-        self.stats.images_forwarded += len(split)
+                return None
+        legacy = self._legacy_path(key)
+        if legacy.exists():
+            try:
+                with np.load(legacy, allow_pickle=False) as z:
+                    if z["ids"].tolist() == list(ids):
+                        return [z[f"a{i}"] for i in range(len(z.files) - 1)]
+            except Exception:
+                return None
+        return None
+
+    @contextlib.contextmanager
+    def lock(self, key: dict) -> Iterator[bool]:
+        """Exclusive per-entry lock across processes; yields True when it had to wait for another holder.
+
+        ``flock`` locks vanish with their process, so a killed extraction never leaves a stale lock.
+        """
+        d = self._entry_dir(key)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no cross-process exclusion
+            yield False
+            return
+        fd = os.open(d.parent / f"{d.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            waited = False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waited = True
+                self.stats.lock_waits += 1
+                if self.log:
+                    self.log(f"  waiting for another process extracting {key['model']} / "
+                             f"{key['dataset']}:{key['split']} ({key['kind']})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield waited
+        finally:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def _get_or_compute(self, key, split, fn, device, progress, backbone, np_dtype="float32") -> list["np.ndarray"]:
         from dermbench import distributed as ddp
 
-        if ddp.rank() == 0:  # one writer; the others already hold the gathered arrays
-            self._write(path, key, split, arrays)
+        ids = split.ids
+        if not ddp.is_active():
+            got = self.read(key, ids)
+            if got is not None:
+                self.stats.hits += 1
+                return got
+            with self.lock(key):
+                got = self.read(key, ids)  # the process we waited for may have written it
+                if got is not None:
+                    self.stats.hits += 1
+                    return got
+                return self._compute(key, split, ids, fn, device, progress, backbone, np_dtype)
+        # torchrun: rank 0 decides hit/miss under the lock and tells the others, so all ranks extract together
+        with (self.lock(key) if ddp.rank() == 0 else contextlib.nullcontext()):
+            hit = ddp.broadcast(self.read(key, ids) is not None if ddp.rank() == 0 else None)
+            if hit:
+                got = self.read(key, ids)
+                if got is None:
+                    raise DermbenchError(f"feature entry {self._entry_dir(key)} is not readable from rank "
+                                         f"{ddp.rank()}: torchrun ranks need one shared --cache-dir")
+                self.stats.hits += 1
+                return got
+            return self._compute(key, split, ids, fn, device, progress, backbone, np_dtype)
+
+    def _compute(self, key, split, ids, fn, device, progress, backbone, np_dtype) -> list["np.ndarray"]:
+        from dermbench import distributed as ddp
+
+        self.stats.misses += 1
+        t0 = time.perf_counter()
+        opts = dict(device=device, batch_size=self.batch_size, num_threads=self.num_threads, progress=progress,
+                    np_dtype=np_dtype, workers=self.workers, amp=self.amp, channels_last=self.channels_last)
+        d = self._entry_dir(key)
+        if ddp.is_active():  # batches are gathered in memory on every rank; rank 0 writes the entry
+            arrays = extract(backbone, split, fn, **opts)
+            if ddp.rank() == 0:
+                w = _EntryWriter(d, len(split))
+                try:
+                    w.add(0, arrays)
+                    w.commit(key, ids)
+                finally:
+                    w.abort()
+            ddp.barrier()
+        else:  # one process: batches stream to disk, memory holds a batch, not the split
+            w = _EntryWriter(d, len(split))
+            try:
+                extract(backbone, split, fn, sink=w.add, **opts)
+                w.commit(key, ids)
+            finally:
+                w.abort()
+            arrays = None
+        self.stats.extract_seconds += time.perf_counter() - t0
+        self.stats.images_forwarded += len(split)
+        if arrays is None or ddp.rank() == 0:
+            got = self.read(key, ids)
+            if got is None:
+                raise DermbenchError(f"feature entry {d} was written but cannot be read back: check the disk "
+                                     f"under {self.root} (full? another process deleting it?)")
+            return got
         return arrays
-
-    def _write(self, path: Path, key: dict, split: Split, arrays: list["np.ndarray"]) -> None:
-        import numpy as np
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=np.array(split.ids), **{f"a{i}": a for i, a in enumerate(arrays)})
-        os.replace(tmp, path)
-        meta = {**key, "n": len(split), "shapes": [list(a.shape) for a in arrays], "created": time.time(),
-                "bytes": path.stat().st_size}
-        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
 
     # ---------------------------------------------------------------- cache management
     def entries(self) -> list[dict]:
@@ -126,7 +263,7 @@ class FeatureStore:
                 d = json.loads(meta.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            d["path"] = str(meta.with_suffix(".npz"))
+            d["path"] = str(meta.parent if meta.name == "index.json" else meta.with_suffix(".npz"))
             out.append(d)
         return out
 
@@ -139,10 +276,69 @@ class FeatureStore:
         n = 0
         for e in self.entries():
             if (model is None or e.get("model") == model) and (dataset is None or e.get("dataset") == dataset):
-                for p in (Path(e["path"]), Path(e["path"]).with_suffix(".json")):
-                    p.unlink(missing_ok=True)
+                p = Path(e["path"])
+                if p.is_dir():
+                    # rename first: a reader never sees a half-deleted entry, only a missing one
+                    gone = p.with_name(f".{p.name}.{os.getpid()}.del")
+                    os.rename(p, gone)
+                    shutil.rmtree(gone, ignore_errors=True)
+                else:
+                    for q in (p, p.with_suffix(".json")):
+                        q.unlink(missing_ok=True)
                 n += 1
         return n
+
+
+class _EntryWriter:
+    """Streams batches into ``.npy`` files of a hidden temp directory; ``commit`` renames it into place."""
+
+    def __init__(self, final: Path, n: int):
+        self.final, self.n = final, n
+        self.tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self.arrays: list[Any] | None = None
+        self.filled = 0
+
+    def add(self, lo: int, batch: list["np.ndarray"]) -> None:
+        import numpy as np
+
+        if self.arrays is None:
+            self.arrays = [np.lib.format.open_memmap(self.tmp / f"a{j}.npy", mode="w+", dtype=b.dtype,
+                                                     shape=(self.n, *b.shape[1:])) for j, b in enumerate(batch)]
+        for mm, b in zip(self.arrays, batch):
+            mm[lo : lo + len(b)] = b
+        self.filled += len(batch[0])
+
+    def commit(self, key: dict, ids: Sequence[str]) -> None:
+        import numpy as np
+
+        if self.arrays is None or self.filled != self.n:
+            raise DermbenchError(f"feature entry for {key.get('model')} / {key.get('dataset')}:{key.get('split')} "
+                                 f"got {self.filled} of {self.n} rows; nothing was stored")
+        shapes = []
+        for mm in self.arrays:
+            mm.flush()
+            shapes.append(list(mm.shape))
+        self.arrays = None  # close the maps before the rename
+        np.save(self.tmp / "ids.npy", np.asarray(list(ids), dtype=str), allow_pickle=False)
+        nbytes = sum(p.stat().st_size for p in self.tmp.iterdir())
+        meta = {**key, "format": FORMAT, "n": self.n, "arrays": len(shapes), "shapes": shapes,
+                "created": time.time(), "bytes": nbytes}
+        atomic_write_text(self.tmp / "index.json", json.dumps(meta, indent=1))
+        if self.final.exists():  # a damaged entry (we only write after a failed read): move it out of the way
+            gone = self.final.with_name(f".{self.final.name}.{os.getpid()}.del")
+            os.rename(self.final, gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        try:
+            os.rename(self.tmp, self.final)
+        except OSError:  # another writer got there first (same key = same content); keep theirs
+            if not (self.final / "index.json").exists():
+                raise
+
+    def abort(self) -> None:
+        self.arrays = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def extract(
@@ -155,11 +351,21 @@ def extract(
     num_threads: int = 2,
     progress: Any = None,
     np_dtype: str = "float32",
-) -> list["np.ndarray"]:
+    sink: Callable[[int, list["np.ndarray"]], None] | None = None,
+    workers: int | None = None,
+    amp: str | None = None,
+    channels_last: bool = False,
+) -> list["np.ndarray"] | None:
     """Run ``fn`` over the split in batches; image decoding/preprocessing overlaps the forward pass.
 
     Under torch.distributed, batch b is computed by rank b mod world and the batches are gathered on every
     rank: the same batch compositions as a single process, hence bit-identical features.
+
+    With ``sink`` (one process only) each batch goes to ``sink(start, arrays)`` and nothing is kept; otherwise
+    the concatenated arrays are returned. ``workers`` > 0 decodes in DataLoader worker processes (default: 0 on
+    CPU, i.e. threads, the free cores on CUDA) with pinned memory and non-blocking copies; ``amp`` ('bf16' or
+    'fp16') runs the forward under autocast and ``channels_last`` converts the batch layout. The batches are
+    the same whatever the loader, so the defaults give the same bits as before.
     """
     import numpy as np
     import torch
@@ -175,24 +381,64 @@ def extract(
     starts = list(range(0, len(samples), batch_size))
     if not starts:
         raise DermbenchError(f"split {split.name!r} of {split.dataset.name!r} is empty: nothing to extract")
+    if sink is not None and ddp.is_active():
+        raise DermbenchError("extract(sink=...) is single-process; under torchrun batches are gathered")
     mine = starts[ddp.rank() :: ddp.world()]
+    cuda = str(device).startswith("cuda")
+    workers = default_workers(device) if workers is None else int(workers)
+    autocast = (torch.autocast(device_type=str(device).split(":")[0],
+                               dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+                if amp else contextlib.nullcontext())
     results: dict[int, list[np.ndarray]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
-        futures = {lo: None for lo in mine}
-        if mine:
-            futures[mine[0]] = pool.submit(load_batch, mine[0])
-        for i, lo in enumerate(mine):
-            if i + 1 < len(mine):
-                futures[mine[i + 1]] = pool.submit(load_batch, mine[i + 1])
-            x = futures[lo].result().to(device)
-            futures[lo] = None  # free memory
-            with torch.inference_mode():
-                res = fn(x)
-            results[lo] = [r.detach().float().cpu().numpy().astype(np_dtype) for r in res]
-            if progress is not None:
-                progress(len(results[lo][0]) * ddp.world())
+
+    def consume(lo: int, x) -> None:
+        x = x.to(device, non_blocking=cuda)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast:
+            res = fn(x)
+        out = [r.detach().float().cpu().numpy().astype(np_dtype) for r in res]
+        if sink is not None:
+            sink(lo, out)
+        else:
+            results[lo] = out
+        if progress is not None:
+            progress(len(out[0]) * ddp.world())
+
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(
+            _Batches(load_batch, mine), batch_size=None, num_workers=min(workers, len(mine)), pin_memory=cuda,
+            prefetch_factor=4, persistent_workers=False)
+        for lo, x in zip(mine, loader):
+            consume(lo, x)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+            futures = {lo: None for lo in mine}
+            if mine:
+                futures[mine[0]] = pool.submit(load_batch, mine[0])
+            for i, lo in enumerate(mine):
+                if i + 1 < len(mine):
+                    futures[mine[i + 1]] = pool.submit(load_batch, mine[i + 1])
+                x = futures[lo].result()
+                futures[lo] = None  # free memory
+                consume(lo, x)
+    if sink is not None:
+        return None
     if ddp.is_active():
         for part in ddp.all_gather(results):
             results.update(part)
     n_out = len(results[starts[0]])
     return [np.concatenate([results[lo][j] for lo in starts], axis=0) for j in range(n_out)]
+
+
+class _Batches:
+    """Map-style dataset of whole batches (item i = batch starting at starts[i]) for DataLoader workers."""
+
+    def __init__(self, load_batch: Callable[[int], Any], starts: list[int]):
+        self.load_batch, self.starts = load_batch, starts
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int):
+        return self.load_batch(self.starts[i])

@@ -1,0 +1,248 @@
+"""Real dataset sizes (issue 21): exact kNN by partial selection, memory-mapped feature store, extraction lock.
+
+Performance figures live in benchmarks/scale.py; these tests pin down behaviour (same neighbours, same bits,
+one forward pass) on small data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermbench.api import DermbenchError
+from dermbench.features import FeatureStore, extract
+from dermbench_plugins.tasks.retrieval import knn_predict, knn_search
+
+
+def reference_knn(train_x, train_y, test_x, k, n_cls, chunk=1024):
+    """The kNN as it was before issue 21 (full stable sort per row): the tie rule the new one must keep."""
+
+    def norm(a):
+        a = np.asarray(a, dtype=np.float32)
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    tr, te = norm(train_x), norm(test_x)
+    k = min(k, len(tr))
+    votes = np.zeros((len(te), n_cls), dtype=np.float64)
+    simsum = np.zeros((len(te), n_cls), dtype=np.float64)
+    idxs = []
+    for lo in range(0, len(te), chunk):
+        sims = te[lo : lo + chunk] @ tr.T
+        idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        idxs.append(idx)
+        top = np.take_along_axis(sims, idx, axis=1)
+        lab = train_y[idx]
+        rows = np.arange(len(idx))[:, None]
+        np.add.at(votes[lo : lo + chunk], (rows, lab), 1.0)
+        np.add.at(simsum[lo : lo + chunk], (rows, lab), top)
+    key = votes * 1e6 + simsum
+    return votes / k, key.argmax(axis=1), np.concatenate(idxs)
+
+
+def _tied_data(seed: int, quantise: bool, n=600, m=250, d=16, C=4):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    if quantise:  # few distinct values: many exactly equal similarities
+        x = np.round(x).astype(np.float32)
+    x[::3] = x[0]  # a third of the bank is one duplicated row
+    x[1::7] = x[1]
+    q = np.round(rng.normal(size=(m, d))).astype(np.float32)
+    q[:40] = x[:40]  # queries identical to bank rows: ties at the top
+    q[7, 2] = np.nan  # a NaN query row keeps the reference's ordering too
+    return x, rng.integers(0, C, n), q, C
+
+
+@pytest.mark.parametrize("k", [1, 5, 7, 40, 599, 600, 900])
+@pytest.mark.parametrize("quantise", [False, True])
+def test_knn_equals_full_stable_sort_reference_including_ties(k, quantise):
+    x, y, q, C = _tied_data(k, quantise)
+    s0, p0, i0 = reference_knn(x, y, q, k, C, chunk=96)
+    s1, p1 = knn_predict(x, y, q, k, C, chunk=96)
+    assert np.array_equal(s0, s1, equal_nan=True) and np.array_equal(p0, p1)
+    tr = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    te = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    idx, top = knn_search(tr, te, min(k, len(x)), chunk=96)
+    assert np.array_equal(idx, i0)  # the same neighbours in the same order, ties by training index
+
+
+def test_knn_tie_at_the_kth_place_takes_the_lowest_training_indices():
+    bank = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [1, 1]], dtype=np.float32)
+    idx, top = knn_search(bank / np.linalg.norm(bank, axis=1, keepdims=True), np.array([[0, 1]], np.float32), 3)
+    assert idx.tolist() == [[1, 2, 3]]
+    idx, _ = knn_search(bank / np.linalg.norm(bank, axis=1, keepdims=True), np.array([[1, 0]], np.float32), 3)
+    assert idx.tolist() == [[0, 4, 1]]  # 1.0, 0.707, then the first of three exact 0.0 ties
+
+
+def test_knn_torch_backend_same_neighbours_where_arithmetic_is_exact():
+    rng = np.random.default_rng(3)
+    # +-1 entries in 64-d: unit vectors are +-1/8, every dot product is exact, so backends must agree bit for bit
+    x = rng.choice([-1.0, 1.0], size=(500, 64)).astype(np.float32)
+    x[::4] = x[0]
+    q = rng.choice([-1.0, 1.0], size=(120, 64)).astype(np.float32)
+    y = rng.integers(0, 3, 500)
+    for k in (1, 5, 50):
+        a = knn_predict(x, y, q, k, 3)
+        b = knn_predict(x, y, q, k, 3, index="torch", device="cpu", chunk=50)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_knn_faiss_exact_equals_numpy_and_hnsw_recalls_most_neighbours():
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(5, 32))
+    y = rng.integers(0, 5, 3000)
+    x = (centers[y] + rng.normal(size=(3000, 32))).astype(np.float32)
+    tr = x / np.linalg.norm(x, axis=1, keepdims=True)
+    te, bank = tr[:300], tr[300:]
+    i_np, s_np = knn_search(bank, te, 10)
+    i_fx, s_fx = knn_search(bank, te, 10, index="faiss-exact")
+    assert np.array_equal(i_np, i_fx) and np.allclose(s_np, s_fx, atol=1e-5)
+    i_hn, _ = knn_search(bank, te, 10, index="faiss-hnsw")
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i_np, i_hn)])
+    assert recall > 0.9, recall
+
+
+def test_unknown_index_is_a_clear_error():
+    from dermbench_plugins.tasks.retrieval import Retrieval
+
+    with pytest.raises(DermbenchError, match="faiss-hnsw"):
+        Retrieval(index="annoy")
+
+
+# ------------------------------------------------------------------ feature store
+def _key(i=0):
+    return {"model": "m", "weights_id": "w", "transform": "t", "dataset": "d", "split": f"s{i}", "split_hash": "h",
+            "kind": "embed", "layers": [], "dtype": "float32"}
+
+
+def test_store_entries_are_memory_mapped_read_only_and_listed(tmp_path):
+    st = FeatureStore(tmp_path)
+    a = np.arange(12, dtype=np.float32).reshape(4, 3)
+    b = np.ones((4, 2, 2, 2), np.float16)
+    d = st.put(_key(), ["a", "b", "c", "d"], [a, b])
+    assert sorted(p.name for p in d.iterdir()) == ["a0.npy", "a1.npy", "ids.npy", "index.json"]
+    got = st.read(_key(), ["a", "b", "c", "d"])
+    assert np.array_equal(got[0], a) and got[1].dtype == np.float16
+    assert isinstance(got[0].base, np.memmap) and not got[0].flags.writeable  # no copy, never mutated in place
+    assert st.read(_key(), ["a", "b", "c", "x"]) is None  # ids must match exactly
+    assert not list(d.parent.glob(".*tmp"))  # temp dir renamed into place
+    [e] = st.entries()
+    assert e["n"] == 4 and e["shapes"] == [[4, 3], [4, 2, 2, 2]] and e["path"] == str(d)
+    assert st.clear(model="m") == 1 and st.read(_key(), ["a", "b", "c", "d"]) is None
+
+
+def test_store_still_reads_first_format_npz_entries(tmp_path):
+    st = FeatureStore(tmp_path)
+    legacy = st._legacy_path(_key())
+    legacy.parent.mkdir(parents=True)
+    a = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+    np.savez(legacy, ids=np.array(["x", "y", "z"]), a0=a)
+    legacy.with_suffix(".json").write_text(json.dumps({**_key(), "n": 3}))
+    assert np.array_equal(st.read(_key(), ["x", "y", "z"])[0], a)
+    assert [e["path"] for e in st.entries()] == [str(legacy)]
+
+
+class Tiny:
+    """A real, small conv backbone (embed + patch maps): the store's behaviour without a ViT's start-up cost."""
+
+    def __init__(self):
+        import torch
+
+        from dermbench.api import ModelInfo, Preprocess
+
+        self.info = ModelInfo(name="tiny-conv", family="cnn", source="custom", embed_dim=8, patch_size=4,
+                              capabilities=frozenset({"cls", "dense"}), preprocess=Preprocess(crop=32))
+        self.weights_id = "seed0"
+        torch.manual_seed(0)
+        self.net = torch.nn.Conv2d(3, 8, 4, stride=4)
+        self.transform = self.info.preprocess.build()
+
+    def embed(self, x):
+        return self.net(x).mean(dim=(2, 3))
+
+    def patch_tokens(self, x, layers):
+        return [self.net(x) for _ in layers]
+
+
+def _synth(n=12):
+    from dermbench import plugins
+
+    return Tiny(), plugins.registry().dataset("dermsynth").obj(None, n=n, size=32).split("train")
+
+
+def test_streamed_store_and_dataloader_workers_give_the_in_memory_bits(tmp_path):
+    bb, split = _synth()
+    ref = extract(bb, split, lambda x: [bb.embed(x)], batch_size=4)[0]  # in memory, threads: the old path
+    st = FeatureStore(tmp_path, batch_size=4)
+    got = st.embeddings(bb, split)  # streamed batch by batch into the .npy, read back memory-mapped
+    assert got.dtype == np.float32 and np.array_equal(got, ref)
+    w = extract(bb, split, lambda x: [bb.embed(x)], batch_size=4, workers=2)[0]  # DataLoader worker processes
+    assert np.array_equal(w, ref)
+    maps = st.patch_tokens(bb, split, [-1])
+    assert maps[0].dtype == np.float16 and maps[0].shape[0] == len(split)
+    assert st.stats.misses == 2 and st.stats.images_forwarded == 2 * len(split)
+    assert np.array_equal(st.embeddings(bb, split), ref) and st.stats.hits == 1
+
+
+def test_damaged_entry_is_recomputed_not_trusted(tmp_path):
+    bb, split = _synth(12)
+    st = FeatureStore(tmp_path, batch_size=4)
+    ref = np.array(st.embeddings(bb, split))
+    [e] = st.entries()
+    (Path(e["path"]) / "a0.npy").write_bytes(b"\x93NUMPY garbage")
+    assert np.array_equal(st.embeddings(bb, split), ref) and st.stats.misses == 2
+
+
+LOCK_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[5])
+from test_scale import Tiny, _synth
+from dermbench.features import FeatureStore
+cache, log, go, me = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+
+class Logged(Tiny):  # every real forward pass appends one line to the log (O_APPEND: atomic across processes)
+    def embed(self, x):
+        with open(log, "a") as f:
+            f.write(f"{me} {len(x)}\n")
+        time.sleep(0.3)  # hold the lock long enough for the other process to arrive
+        return super().embed(x)
+
+bb, split = Logged(), _synth(32)[1]
+(cache / f"ready-{me}").touch()
+while not go.exists():
+    time.sleep(0.01)
+st = FeatureStore(cache, batch_size=4)
+x = st.embeddings(bb, split)
+print(f"{me} misses={st.stats.misses} hits={st.stats.hits} waits={st.stats.lock_waits} sum={float(x.sum())!r}")
+"""
+
+
+def test_concurrent_extraction_of_the_same_features_runs_one_forward_pass(tmp_path):
+    script, log, go = tmp_path / "extract.py", tmp_path / "forwards.log", tmp_path / "go"
+    script.write_text(LOCK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), str(log), str(go), me,
+                               str(Path(__file__).parent)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for me in ("A", "B")]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready-{me}").exists() for me in "AB"):  # both loaded, then start together
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.05)
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    lines = log.read_text().split()
+    forwards = list(zip(lines[::2], map(int, lines[1::2])))
+    assert len(forwards) == 4 and sum(n for _, n in forwards) == 16  # 16 training images, 4 batches: once
+    assert len({who for who, _ in forwards}) == 1  # all by one process
+    stats = sorted(o[0].strip().splitlines()[-1] for o in outs)
+    assert sum("misses=1" in s for s in stats) == 1 and sum("hits=1 waits=1" in s for s in stats) == 1, stats
+    assert len({s.split("sum=")[1] for s in stats}) == 1  # both hold the same features
