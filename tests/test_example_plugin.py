@@ -1,47 +1,28 @@
 """The path an outside author takes: pip-install examples/dermbench-colour-hist (its own pyproject with a
-``dermbench`` entry point) and run it end to end through the ``dermbench`` CLI in a fresh process."""
+``dermbench`` entry point) and run it end to end through the ``dermbench`` CLI in a fresh process.
+The task and dataset examples: tests/test_examples_task.py, tests/test_examples_dataset.py."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "examples" / "dermbench-colour-hist"
-BIN = Path(sys.executable).parent
+from examples_util import BIN, EXAMPLES, installed_examples, records
+from examples_util import env as _env
+
+PKG = EXAMPLES / "dermbench-colour-hist"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    """The example installed (not editable) into its own target folder, put on PYTHONPATH by the tests:
-    the shared virtualenv is left untouched."""
-    import shutil
-
-    target = tmp_path_factory.mktemp("site")
-    src = tmp_path_factory.mktemp("src") / PKG.name  # build from a copy: no build/ or egg-info in the repo
-    shutil.copytree(PKG, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-         "--target", str(target), str(src)],
-        check=True, capture_output=True, text=True, timeout=300,
-    )
+def site() -> Path:
+    """All three examples installed once per session (examples_util); this module uses the model."""
+    target = installed_examples()
     assert (target / "dermbench_colour_hist" / "plugin.py").exists()
     assert list(target.glob("dermbench_colour_hist-*.dist-info/entry_points.txt"))
     return target
-
-
-def _env(site: Path, tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(site) + os.pathsep + env.get("PYTHONPATH", "")
-    env["HF_HUB_OFFLINE"] = "1"
-    env["DERMBENCH_CACHE"] = str(tmp / "cache")
-    env.pop("DERMBENCH_LOAD_PLUGINS", None)
-    return env
 
 
 def test_installed_plugin_registers_through_entry_point(site, tmp_path):
@@ -65,7 +46,7 @@ def test_installed_plugin_runs_end_to_end(site, tmp_path):
            "--quiet"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    rec = json.loads((res / "dermsynth" / "retrieval" / "colour-hist" / "seed0.json").read_text())
+    (rec,) = records(res, "retrieval")
     assert rec["model_info"]["weights_id"] == "handcrafted:colour-hist-v1"
     assert rec["model_info"]["embed_dim"] == 30 and rec["model_info"]["license"] == "Apache-2.0"
     auroc = rec["metrics"]["auroc_macro"]
