@@ -1,7 +1,14 @@
-"""Public types of the plugin contract: metadata records, the Backbone and Task protocols, datasets.
+"""The public plugin SDK: everything a model, task or dataset plugin needs, and nothing else.
 
-Everything here is importable without torch: plugin modules import this at registration time, and
-`dermbench --help` / `dermbench list` must stay instant. Heavy libraries are imported inside methods.
+Plugins import only ``dermbench.api`` and ``dermbench.hookimpl`` from dermbench; every other module of the
+core is internal and may change without notice (``tests/test_sdk_boundary.py`` enforces this for the
+first-party plugins). The SDK holds the types (metadata records, the Backbone/Task/TaskContext protocols,
+datasets), backbone base classes, dataset helpers, weights resolution, the metric API, registry look-ups
+and the statistical defaults.
+
+Everything here is importable without torch/numpy/pandas: plugin modules import this at registration time,
+and `dermbench --help` / `dermbench list` must stay instant. Names that live in heavier core modules are
+resolved on first access (module ``__getattr__``, see ``_LAZY``); heavy libraries are imported inside methods.
 """
 
 from __future__ import annotations
@@ -17,7 +24,21 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from PIL import Image
 
-API_VERSION = "1"
+API_VERSION = "2"
+
+#: what each API_VERSION added or changed; old names are never removed, only deprecated with a warning
+API_CHANGES = {
+    "1": "types: ModelInfo, TaskInfo, DatasetInfo, Preprocess, Backbone, Sample, Split, Dataset, TaskOutput, "
+         "Task, TaskContext; DermbenchError, WeightsUnavailable; stable_hash",
+    "2": "the SDK is the only way in: backbone base classes (BaseBackbone, TimmBackbone, create_timm, "
+         "load_timm_weights), dataset helpers (Row, build_dataset, dataset_options, variant_loader, as_root, "
+         "find_file, require_file, index_files, read_csv, parse_* ...), weights resolution (resolve_weights, "
+         "HubSource, read_checkpoint, extract_state_dict, load_into, ...), the metric API (Prepared, Metric, "
+         "linear_metric, get_metric, score, point, replicates, Resamples, paired_test ...), registry look-ups "
+         "(dataset_info, load_dataset, task_info, run_task), parse_options, statistical defaults (N_BOOT, "
+         "CI_METHOD, ALPHA, BOOTSTRAP_SEED), validation (validate_info, validate_task_output, require_split); "
+         "iter_chunks deprecated (DeprecationWarning)",
+}
 
 #: capabilities a model may declare
 CAPABILITIES = ("cls", "patch_tokens", "text")
@@ -391,6 +412,11 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 
 
 def iter_chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    """Deprecated since API 2 (nothing used it): slice ``seq`` yourself."""
+    import warnings
+
+    warnings.warn("dermbench.api.iter_chunks is deprecated and will be removed; slice the sequence directly",
+                  DeprecationWarning, stacklevel=2)
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
 
@@ -425,3 +451,131 @@ class TaskContext(Protocol):
     def progress(self, description: str, total: int | None = None) -> Any: ...  # rich-progress context manager
 
     def log(self, message: str) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistical defaults (one place: dermbench/defaults.py)
+
+from dermbench.defaults import ALPHA, BOOTSTRAP_SEED, CI_METHOD, CI_METHODS, N_BOOT  # noqa: E402
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry look-ups: what a plugin may ask of other plugins
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The metadata of a registered dataset (``<dataset>:<view>`` views included); unknown names list the valid ones."""
+    from dermbench import plugins
+
+    return plugins.registry().dataset(name).info
+
+
+def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
+    """Load a registered dataset outside a task cell (pretraining sources, probes). Inside a task use
+    ``ctx.load_dataset(name)``, which applies the run's data root and options."""
+    from dermbench import plugins
+
+    return plugins.registry().dataset(name).obj(root, **options)
+
+
+def task_info(name: str) -> TaskInfo:
+    """The metadata of a registered task."""
+    from dermbench import plugins
+
+    return plugins.registry().task(name).info
+
+
+def run_task(name: str, ctx: TaskContext, options: Mapping[str, Any] | None = None) -> TaskOutput:
+    """Run another registered task in the current cell (a task built on a base task, e.g. fairness over probe).
+
+    ``options`` are validated against the base task's ``TaskInfo.defaults`` like ``--task-opt`` values; the
+    merged parameters are logged through ``ctx.log``."""
+    from dermbench import plugins, runner
+
+    entry = plugins.registry().task(name)
+    why = entry.info.incompatibility(ctx.model_info, ctx.dataset.info)
+    if why:
+        raise DermbenchError(f"task {name!r} cannot run in this cell: {why}")
+    params = runner.task_params(entry.info, dict(options or {}))
+    ctx.log(f"{name} {params}")
+    return entry.obj(**params).run(ctx)
+
+
+# --------------------------------------------------------------------------------------------------
+# Metric API
+
+
+def linear_metric(name: str, needs: tuple[str, ...], features: Callable[..., Any], finalize: Callable[..., Any],
+                  *, integer_features: bool = False, **kw: Any) -> Any:
+    """Define a metric that is a function of summed per-sample features (means, ratios, confusion counts).
+
+    ``features(prepared, metric_name) -> (n, k)`` per-sample array (column 0 conventionally 1);
+    ``finalize(prepared, S) -> (values (B,), classes_used (B,) or None)`` for S = W @ F, the weighted sums for
+    B bootstrap weight vectors W. Bootstrap replicates and the jackknife (BCa) come for free. Return it from a
+    ``register_metrics`` resolver. ``**kw`` go to :class:`Metric` (``higher_is_better``, ``description``).
+    """
+    from dermbench import stats
+
+    make = getattr(stats, "linear_metric", None) or stats._linear_metric
+    return make(name, needs, features, finalize, integer_features=integer_features, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# Names re-exported lazily from internal modules (resolved on first access; internal modules may import
+# numpy/torch/pandas, the SDK itself must not). "name": "module" or "module:attribute".
+
+_LAZY: dict[str, str] = {
+    # backbone base classes
+    **dict.fromkeys(("BaseBackbone", "TimmBackbone", "create_timm", "load_timm_weights", "timm_filter"),
+                    "dermbench.backbones"),
+    # dataset helpers: files on disk, tables, rows -> Dataset, per-variant registration, options
+    **dict.fromkeys(("IMAGE_EXTS", "Row", "as_root", "bad_value", "build_dataset", "dataset_options",
+                     "describe_dir", "files_fingerprint", "find_file", "fitzpatrick_group", "image_size",
+                     "index_files", "is_blank", "map_labels", "opt_bool", "parse_age", "parse_fitzpatrick",
+                     "parse_sex", "read_csv", "require_columns", "require_file", "variant_loader"),
+                    "dermbench.datasets_common"),
+    "dataset_log": "dermbench.datasets_common:log",
+    # split helpers
+    **dict.fromkeys(("official_split", "seeded_split"), "dermbench.splits"),
+    # weights resolution and checkpoint surgery
+    **dict.fromkeys(("HubSource", "ResolvedWeights", "cache_dir", "dinov2_backbone_state_dict", "env_var_for",
+                     "extract_state_dict", "file_sha256", "hub_offline", "load_into", "read_checkpoint",
+                     "resolve_weights", "select_prefix", "strip_prefixes"), "dermbench.weights"),
+    # metric API: prepared predictions, metric objects, scoring, resampling, paired tests
+    **dict.fromkeys(("Prepared", "Metric", "METRICS", "ECE_BINS", "UndefinedMetric", "Resamples", "Scored", "bootstrap_indices",
+                     "confidence_interval", "correct", "evaluate", "get_metric", "jackknife", "paired_from_replicates",
+                     "paired_test", "point", "prepare", "replicates", "resamples_for", "score",
+                     "bca_edge", "pool_seeds", "projection_gap_interval", "projection_worst_interval",
+                     "simultaneous_intervals"), "dermbench.stats"),
+    # key=value option parsing, as the CLI does it (typed values: 1 -> int, 0.5 -> float, a,b -> list)
+    "parse_options": "dermbench.cli:parse_kv",
+}
+
+# clinical generalisation (issue 18): diagnosis vocabulary, dataset views, operating points, near-duplicate audit
+_LAZY.update({
+    "DatasetVocabulary": "dermbench.vocabulary",
+    "VOCABULARY_TERMS": "dermbench.vocabulary:TERMS", "MALIGNANCY_AXIS": "dermbench.vocabulary:AXIS",
+    "vocabulary_mapping": "dermbench.vocabulary:mapping_for",
+    "register_vocabulary": "dermbench.vocabulary:register_mapping",
+    **dict.fromkeys(("apply_view", "view_labels", "VIEWS"), "dermbench.views"),
+    **dict.fromkeys(("OP_METRICS", "THRESHOLD_RULES", "operating_point_metric", "choose_threshold", "out_of_fold",
+                     "add_operating_points", "net_benefit", "decision_curve_plot"), "dermbench.operating_points"),
+    **dict.fromkeys(("phash", "thumbnail", "hamming", "phash_images", "near_duplicates", "hamming_pairs"),
+                    "dermbench.audit"),
+})
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'dermbench.api' has no attribute {name!r}")
+    import importlib
+
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -28,7 +28,7 @@ ENV = "DERMBENCH_WEIGHTS_DERMINO"
 def _home() -> Path:
     if os.environ.get("DERMBENCH_HOME"):
         return Path(os.environ["DERMBENCH_HOME"]).expanduser()
-    from dermbench.weights import cache_dir
+    from dermbench.api import cache_dir
 
     return cache_dir()
 
@@ -129,8 +129,8 @@ def load_vit(path: Path, img_size: int = 224) -> tuple[Any, dict[str, Any], Path
 
 
 def load_dermino(info: ModelInfo, weights: Any = None, device: str = "cpu", **_: Any) -> Any:
-    from dermbench.backbones import TimmBackbone
-    from dermbench.weights import file_sha256
+    from dermbench.api import TimmBackbone
+    from dermbench.api import file_sha256
 
     path = resolve(weights)
     vit, arch, file = load_vit(path, info.image_size)
@@ -145,7 +145,7 @@ def load_dermino_random(info: ModelInfo, weights: Any = None, device: str = "cpu
     """The dermino checkpoint's architecture with seeded random weights: the paired "did pretraining help" baseline."""
     import torch
 
-    from dermbench.backbones import TimmBackbone
+    from dermbench.api import TimmBackbone
 
     if weights:
         raise DermbenchError("dermino-random is a random-init baseline; it takes no --weights")

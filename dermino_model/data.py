@@ -1,7 +1,7 @@
 """Pretraining data: a mix of dataset plugins and image folders, the merged label space, step-indexed batches.
 
 Sources (``cfg.sources``) are ``{"dataset": NAME, "split": "train", "root": PATH, "labels": "full"|"none",
-"options": {...}}`` resolved through ``dermbench.plugins.registry()``, or ``{"folder": PATH}`` (unlabelled).
+"options": {...}}`` resolved through ``dermbench.api.load_dataset``, or ``{"folder": PATH}`` (unlabelled).
 Labelled sources contribute their label names to the merged label space; an image knows exactly the
 classes of its own source's label set (``n_ij = 1``), unlabelled images know none.
 
@@ -63,7 +63,7 @@ def _load_path(path: Path) -> Callable[[], Any]:
 
 
 def load_sources(sources: Sequence[dict[str, Any]]) -> PretrainSet:
-    from dermbench import plugins
+    from dermbench.api import load_dataset
 
     items: list[PretrainItem] = []
     label_sources: dict[str, list[str]] = {}
@@ -84,8 +84,7 @@ def load_sources(sources: Sequence[dict[str, Any]]) -> PretrainSet:
         if "dataset" not in spec:
             raise DermbenchError(f"pretraining source {spec!r} needs 'dataset: NAME' or 'folder: PATH'")
         name = spec["dataset"]
-        entry = plugins.registry().dataset(name)
-        ds = entry.obj(spec.get("root"), **spec.get("options", {}))
+        ds = load_dataset(name, spec.get("root"), **spec.get("options", {}))
         split = spec.get("split", "train")
         idx = list(range(len(ds.samples))) if split in ("", "all") else list(ds.split(split).indices)
         mode = spec.get("labels", "full")
@@ -164,20 +163,18 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def eval_test_hashes(datasets: Sequence[str], roots: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """pHashes and thumbnails of the ``test`` split of every named evaluation dataset that can be loaded here."""
-    from dermbench import plugins
+    from dermbench.api import dataset_info, load_dataset
 
-    reg = plugins.registry()
     hashes: list[int] = []
     thumbs: list[np.ndarray] = []
     ids: list[str] = []
     notes: list[str] = []
     for name in dict.fromkeys(datasets):
-        entry = reg.dataset(name)
         root = roots.get(name)
-        if entry.info.needs_root and root is None:
+        if dataset_info(name).needs_root and root is None:
             notes.append(f"leakage guard: {name} not checked (no root given)")
             continue
-        ds = entry.obj(root)
+        ds = load_dataset(name, root)
         if "test" not in ds.splits:
             notes.append(f"leakage guard: {name} has no test split")
             continue

@@ -30,9 +30,9 @@ class _Img:
 
 
 def _splits(dataset: str, max_images: int) -> tuple[list[_Img], np.ndarray, list[_Img], np.ndarray]:
-    from dermbench import plugins
+    from dermbench.api import load_dataset
 
-    ds = plugins.registry().dataset(dataset).obj(None)
+    ds = load_dataset(dataset)
     bank, query = ds.split("train").samples[:max_images], ds.split("test").samples[:max_images]
     return ([_Img(s.load_image()) for s in bank], np.array([s.label for s in bank]),
             [_Img(s.load_image()) for s in query], np.array([s.label for s in query]))

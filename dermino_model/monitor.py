@@ -89,12 +89,11 @@ def embed_split(vit: Any, samples: list, size: int, device: Any, batch: int = 64
 def knn_probe(vit: Any, dataset: str, size: int, device: Any, max_images: int = 400, k: int = 20,
               bank_split: str = "train", query_split: str = "test") -> dict[str, float]:
     """kNN macro AUROC / accuracy of a ViT on ``dataset`` (bank = its train split, queries = its test split)."""
-    from dermbench import plugins
+    from dermbench.api import dataset_info, load_dataset
 
-    entry = plugins.registry().dataset(dataset)
-    if entry.info.needs_root:
+    if dataset_info(dataset).needs_root:
         return {"knn_note": f"{dataset} needs a data root; probe skipped"}  # type: ignore[dict-item]
-    ds = entry.obj(None)
+    ds = load_dataset(dataset)
     bank = ds.split(bank_split).samples[:max_images]
     query = ds.split(query_split).samples[:max_images]
     fb, fq = embed_split(vit, bank, size, device), embed_split(vit, query, size, device)

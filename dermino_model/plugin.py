@@ -94,7 +94,7 @@ def register_commands(app):
         `torchrun --nproc_per_node N $(which dermbench) pretrain --preset paper --config data.yaml`."""
         import json
 
-        from dermbench.cli import parse_kv
+        from dermbench.api import parse_options as parse_kv
         from dermino_model.config import build_config
         from dermino_model.trainer import run_pretraining
 

@@ -39,7 +39,7 @@ def dermino_home() -> Path:
     """``$DERMBENCH_HOME`` or dermbench's cache folder; demo checkpoints go to ``<home>/checkpoints/dermino-demo``."""
     if os.environ.get("DERMBENCH_HOME"):
         return Path(os.environ["DERMBENCH_HOME"]).expanduser()
-    from dermbench.weights import cache_dir
+    from dermbench.api import cache_dir
 
     return cache_dir()
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import Row, as_root, build_dataset, dataset_options, find_file, index_files, require_file
+from dermbench.api import Row, as_root, build_dataset, dataset_options, find_file, index_files, require_file
 
 CLASSES = ("mild", "moderate", "severe", "very severe")
 LAYOUT = (

@@ -12,7 +12,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo
-from dermbench.datasets_common import (
+from dermbench.api import (
     Row,
     as_root,
     bad_value,

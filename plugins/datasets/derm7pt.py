@@ -14,16 +14,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import (
-    Row,
-    as_root,
-    bad_value,
-    build_dataset,
-    dataset_options,
-    parse_sex,
-    read_csv,
-    require_file,
-)
+from dermbench.api import Row, as_root, bad_value, build_dataset, dataset_options, parse_sex, read_csv, require_file
 
 CLASSES = ("BCC", "NEV", "MEL", "MISC", "SK")
 GROUPS = {

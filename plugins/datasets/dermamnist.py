@@ -13,7 +13,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import Row, as_root, build_dataset, dataset_options, describe_dir, find_file
+from dermbench.api import Row, as_root, build_dataset, dataset_options, describe_dir, find_file
 
 CLASSES = (
     "actinic keratoses and intraepithelial carcinoma",

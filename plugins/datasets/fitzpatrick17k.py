@@ -15,7 +15,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import (
+from dermbench.api import (
     variant_loader,
     Row,
     as_root,
@@ -24,7 +24,7 @@ from dermbench.datasets_common import (
     fitzpatrick_group,
     index_files,
     is_blank,
-    log,
+    dataset_log as log,
     map_labels,
     parse_fitzpatrick,
     read_csv,

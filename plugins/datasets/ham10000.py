@@ -14,7 +14,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo
-from dermbench.datasets_common import (
+from dermbench.api import (
     variant_loader,
     Row,
     as_root,
@@ -22,7 +22,7 @@ from dermbench.datasets_common import (
     dataset_options,
     find_file,
     index_files,
-    log,
+    dataset_log as log,
     map_labels,
     parse_age,
     parse_sex,

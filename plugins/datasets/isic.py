@@ -13,7 +13,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import (
+from dermbench.api import (
     variant_loader,
     Row,
     as_root,

@@ -10,7 +10,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import (
+from dermbench.api import (
     IMAGE_EXTS,
     Row,
     as_root,

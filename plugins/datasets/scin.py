@@ -20,7 +20,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import (
+from dermbench.api import (
     Row,
     as_root,
     build_dataset,
@@ -28,7 +28,7 @@ from dermbench.datasets_common import (
     fitzpatrick_group,
     index_files,
     is_blank,
-    log,
+    dataset_log as log,
     parse_fitzpatrick,
     parse_sex,
     read_csv,

@@ -14,7 +14,7 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import (
+from dermbench.api import (
     Row,
     as_root,
     build_dataset,

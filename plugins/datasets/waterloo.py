@@ -13,7 +13,16 @@ from typing import Any
 
 from dermbench import hookimpl
 from dermbench.api import Dataset, DatasetInfo, DermbenchError
-from dermbench.datasets_common import Row, as_root, variant_loader, build_dataset, dataset_options, describe_dir, find_file, index_files
+from dermbench.api import (
+    Row,
+    as_root,
+    variant_loader,
+    build_dataset,
+    dataset_options,
+    describe_dir,
+    find_file,
+    index_files,
+)
 
 CLASSES = ("not melanoma", "melanoma")
 LAYOUT = "<any>/melanoma/<source>/<base>_orig.jpg + <base>_contour.png and <any>/notmelanoma/..."

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dermbench import hookimpl
 from dermbench.api import IMAGENET, INCEPTION, DermbenchError, ModelInfo, Preprocess
-from dermbench.backbones import BaseBackbone
+from dermbench.api import BaseBackbone
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -196,7 +196,7 @@ def load_hf(name: str, weights: Any = None, device: str = "cpu", seed: int = 0, 
             **opts: Any) -> HFImageTextBackbone:
     """Load ``name`` from a save_pretrained directory. ``check_config=False`` lets tests use a scaled-down
     config of the same architecture (the full MedSigLIP is 800M parameters)."""
-    from dermbench.weights import HubSource, env_var_for, resolve_weights
+    from dermbench.api import HubSource, env_var_for, resolve_weights
 
     if opts:
         raise DermbenchError(f"model {name!r} takes no options {sorted(opts)}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from dermbench import hookimpl
 from dermbench.api import INCEPTION, OPENAI_CLIP, DermbenchError, ModelInfo, Preprocess
-from dermbench.backbones import BaseBackbone
+from dermbench.api import BaseBackbone
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -191,7 +191,7 @@ INFOS = _infos()
 
 def biomedbert_config_dir() -> Path:
     """A local folder with BiomedBERT's config.json (written once), so no hub lookup is needed."""
-    from dermbench.weights import cache_dir
+    from dermbench.api import cache_dir
 
     d = cache_dir() / "hf-configs" / "BiomedBERT-base-uncased-abstract"
     f = d / "config.json"
@@ -278,8 +278,14 @@ def _tokenizer_factory(name: str, weights_path: Path | None):
 
 
 def load_openclip(name: str, weights: Any = None, device: str = "cpu", seed: int = 0, **opts: Any) -> OpenClipBackbone:
-    from dermbench.weights import (
-        HubSource, env_var_for, extract_state_dict, load_into, read_checkpoint, resolve_weights, strip_prefixes,
+    from dermbench.api import (
+        HubSource,
+        env_var_for,
+        extract_state_dict,
+        load_into,
+        read_checkpoint,
+        resolve_weights,
+        strip_prefixes,
     )
 
     if opts:

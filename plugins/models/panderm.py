@@ -75,7 +75,7 @@ def convert_panderm(sd: dict[str, "torch.Tensor"], model: "torch.nn.Module") -> 
     """PanDerm (BEiT/CAE layout) -> timm ViT keys. Returns (converted state dict, dropped key names)."""
     import torch
 
-    from dermbench.weights import select_prefix, strip_prefixes
+    from dermbench.api import select_prefix, strip_prefixes
 
     sd = strip_prefixes(sd, ("module.",))
     sd = select_prefix(sd, "encoder.")
@@ -133,8 +133,8 @@ def load_panderm(v: str, weights: Any = None, device: str = "cpu", seed: int = 0
 
     ``opts`` go to ``timm.create_model`` (tests pass ``depth=`` to build a shallow ViT-L quickly).
     """
-    from dermbench.backbones import TimmBackbone, create_timm
-    from dermbench.weights import env_var_for, extract_state_dict, load_into, read_checkpoint, resolve_weights
+    from dermbench.api import TimmBackbone, create_timm
+    from dermbench.api import env_var_for, extract_state_dict, load_into, read_checkpoint, resolve_weights
 
     info = _info(v)
     info = replace(info, weights_env=env_var_for(info.name))

@@ -124,10 +124,15 @@ def load_timm(info: ModelInfo, spec: TimmSpec, weights: Any = None, device: str 
 
     ``opts`` are passed to ``timm.create_model`` (tests use ``depth=`` to build shallow ViT-L/g quickly).
     """
-    from dermbench.backbones import TimmBackbone, create_timm, load_timm_weights
-    from dermbench.weights import (
-        HubSource, dinov2_backbone_state_dict, env_var_for, extract_state_dict, read_checkpoint,
-        resolve_weights, strip_prefixes,
+    from dermbench.api import TimmBackbone, create_timm, load_timm_weights
+    from dermbench.api import (
+        HubSource,
+        dinov2_backbone_state_dict,
+        env_var_for,
+        extract_state_dict,
+        read_checkpoint,
+        resolve_weights,
+        strip_prefixes,
     )
 
     if not info.weights_env:

@@ -60,12 +60,12 @@ def reliability_plot(y_true: "Any", scores: "Any", path: "Any", title: str = "")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from dermbench import stats
+    from dermbench import api
 
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(y_true)
     conf, correct = s.max(axis=1), (s.argmax(axis=1) == y)
-    nb = stats.ECE_BINS
+    nb = api.ECE_BINS
     b = np.clip(np.ceil(conf * nb).astype(np.int64) - 1, 0, nb - 1)
     count = np.bincount(b, minlength=nb)
     acc = np.bincount(b, weights=correct.astype(float), minlength=nb) / np.maximum(count, 1)

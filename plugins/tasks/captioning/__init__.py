@@ -159,7 +159,7 @@ class Captioning:
         import numpy as np
         import torch
 
-        from dermbench import stats
+        from dermbench import api
         from dermbench_plugins.tasks.captioning import lm as L
         from dermbench_plugins.tasks.captioning import metrics as M
 
@@ -224,7 +224,7 @@ class Captioning:
         base_preds = {"ids": ids, **base.per_caption, "bleu_stats": base.bleu_stats}
         paired = {}
         for name in metrics:
-            r = stats.paired_test(preds, base_preds, name, split_hash=test.hash, seed=ctx.seed, n_boot=ctx.n_boot)
+            r = api.paired_test(preds, base_preds, name, split_hash=test.hash, seed=ctx.seed, n_boot=ctx.n_boot)
             paired[name] = {key: r[key] for key in ("diff", "value_a", "value_b", "ci_low", "ci_high", "p_value")}
         corpus_gen = dict(gen.corpus)
         corpus_base = dict(base.corpus)

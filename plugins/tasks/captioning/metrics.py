@@ -216,7 +216,7 @@ def corpus_bleu_metrics() -> list[Any]:
     """
     import numpy as np
 
-    from dermbench import stats
+    from dermbench import api
 
     def features(p: Any, m: str) -> Any:
         x = p.array("bleu_stats", m)
@@ -232,7 +232,7 @@ def corpus_bleu_metrics() -> list[Any]:
         def finalize(p: Any, S: Any, n: int = n) -> tuple[Any, None]:
             return corpus_bleu_from_stats(np.asarray(S)[:, 1:], n), None
 
-        out.append(stats._linear_metric(
+        out.append(api.linear_metric(
             f"corpus_bleu{n}", ("bleu_stats",), features, finalize,
             description=f"corpus BLEU-{n} (pycocoevalcap, 'closest' reference length) from per-caption n-gram "
             "statistics; resampled over captions",

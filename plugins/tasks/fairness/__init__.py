@@ -236,20 +236,18 @@ class Fairness:
 
     # ---------------------------------------------------------------- run
     def _run_base(self, ctx) -> tuple[TaskOutput, TaskInfo]:
-        from dermbench import plugins
-        from dermbench.runner import task_params
+        from dermbench.api import run_task, task_info
 
-        entry = plugins.registry().task(self.base)
-        why = entry.info.incompatibility(ctx.model_info, ctx.dataset.info)
+        info = task_info(self.base)
+        why = info.incompatibility(ctx.model_info, ctx.dataset.info)
         if why:
             raise DermbenchError(f"fairness base task {self.base!r} cannot run here: {why}")
-        params = task_params(entry.info, self.base_opts)
-        ctx.log(f"fairness: base task {self.base} {params}")
-        return entry.obj(**params).run(ctx), entry.info
+        ctx.log(f"fairness: base task {self.base}")
+        return run_task(self.base, ctx, self.base_opts), info
 
     def run(self, ctx) -> TaskOutput:
         from dermbench_plugins.tasks.fairness import stats as fs
-        from dermbench import stats
+        from dermbench import api
 
         base_out, base_info = self._run_base(ctx)
         test = base_out.split
@@ -271,13 +269,13 @@ class Fairness:
             base_metrics = list(base_out.metrics)
         group_metrics = list(dict.fromkeys(group_metrics + gap_metrics + worst_metrics))
         for m in group_metrics:
-            stats.get_metric(m)  # unknown names fail here, with the list of known ones
+            api.get_metric(m)  # unknown names fail here, with the list of known ones
         for a, lab in labels.items():
             preds[fs.group_key(a)] = lab
         preds[fs.MIN_SIZE_KEY] = self.min_group_size
 
         n_boot, ci = _scoring_options(ctx)
-        prepared = stats.prepare(preds)
+        prepared = api.prepare(preds)
         strata = base_out.strata
         if isinstance(strata, str):
             strata = prepared.array(strata, "strata")
@@ -323,10 +321,10 @@ class Fairness:
 
 def _holm(report: dict[str, Any]) -> None:
     """Add ``p_holm`` to every gap: many attributes x metrics are tested at once, so control the family."""
-    from dermbench import stats
+    from dermbench import api
 
     entries = [g for tab in report.values() for g in tab.get("gaps", {}).values() if g.get("p_value") is not None]
-    for g, p in zip(entries, stats.correct([g["p_value"] for g in entries], "holm")):
+    for g, p in zip(entries, api.correct([g["p_value"] for g in entries], "holm")):
         g["p_holm"] = p
 
 

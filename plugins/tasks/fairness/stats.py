@@ -14,7 +14,7 @@ function of a multiplicity matrix ``W`` (B, n); group g's metric in replicate b 
 replicates, as they do when a new test set is sampled) and every group is scored on that same draw.
 
 Metric names (resolved by :func:`fairness_metric`, so the runner, the leaderboard and
-``stats.paired_test`` handle them like built-in metrics):
+``api.paired_test`` handle them like built-in metrics):
 
 * ``gap:<metric>@<attr>``   max - min of ``<metric>`` over the scored groups (lower is better);
 * ``worst:<metric>@<attr>`` the worst group's value (min for higher-is-better metrics, max for ECE/Brier);
@@ -32,7 +32,7 @@ Tests
   group" (group labels exchangeable). Statistic: the gap; p = (1 + #{gap_perm >= gap_obs}) / (1 + n_perm).
   Exact level under H0 (unlike a bootstrap test of a max - min statistic, which is biased away from 0).
 * :func:`paired_gap_test` -- "is model A's gap smaller than B's?": the difference of the two gaps on
-  identical resamples (same split hash and seed), via ``stats.paired_test``.
+  identical resamples (same split hash and seed), via ``api.paired_test``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dermbench import stats
+from dermbench import api
 from dermbench.api import DermbenchError
 
 __all__ = [
@@ -159,7 +159,7 @@ def _groups(p: Any, attribute: str, what: str) -> tuple[np.ndarray, list[str], d
 def _check_enough(p: Any, attribute: str, what: str) -> tuple[np.ndarray, list[str]]:
     codes, scored, sizes, unknown, min_size = _groups(p, attribute, what)
     if len(scored) < 2:
-        raise stats.UndefinedMetric(
+        raise api.UndefinedMetric(
             f"{what} is undefined: {attribute} has {len(scored)} group(s) with >= {min_size} test samples "
             f"(group sizes {sizes}, unknown {unknown}); a gap needs two. Lower min_group_size or use more data."
         )
@@ -168,7 +168,7 @@ def _check_enough(p: Any, attribute: str, what: str) -> tuple[np.ndarray, list[s
 
 def group_values(p: Any, metric: str, W: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
     """(k, rows) metric of each group g under weights ``W * [code == g]``; NaN where undefined."""
-    m = stats.get_metric(metric)
+    m = api.get_metric(metric)
     W = np.asarray(W)
     out = np.full((k, W.shape[0]), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):  # a group drawn empty in a replicate: 0/0 -> NaN
@@ -236,7 +236,7 @@ def equalized_odds(p: Any, W: np.ndarray, codes: np.ndarray, k: int, what: str =
 
 
 # --------------------------------------------------------------------------------------------------
-# Fairness metrics as stats.Metric objects
+# Fairness metrics as api.Metric objects
 
 
 def _reduce(kind: str, vals: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -261,7 +261,7 @@ def _jackknife_via_weights(p: Any, weighted: Any) -> tuple[np.ndarray, None]:
     return out, None
 
 
-def fairness_metric(name: str) -> stats.Metric:
+def fairness_metric(name: str) -> api.Metric:
     """A :class:`dermbench.stats.Metric` for ``gap:<m>@<attr>``, ``worst:<m>@<attr>`` or ``eod@<attr>``."""
     kind, base, attr = parse_name(name)
     if kind == "eod":
@@ -270,13 +270,13 @@ def fairness_metric(name: str) -> stats.Metric:
             codes, scored = _check_enough(p, attr, name)
             return equalized_odds(p, W, codes, len(scored), name)["eod"], None
 
-        return stats.Metric(
+        return api.Metric(
             name, ("y_true", "y_pred", group_key(attr)), weighted, lambda p: _jackknife_via_weights(p, weighted),
             higher_is_better=False,
             description=f"equalized-odds difference over {attr} groups: max(TPR gap, FPR gap); multiclass: "
             "macro mean over classes one-vs-rest",
         )
-    bm = stats.get_metric(base)  # type: ignore[arg-type]
+    bm = api.get_metric(base)  # type: ignore[arg-type]
     if is_fairness_metric(base):  # type: ignore[arg-type]
         raise DermbenchError(f"{name!r}: the base metric of a gap cannot itself be a fairness metric")
 
@@ -285,7 +285,7 @@ def fairness_metric(name: str) -> stats.Metric:
         vals = group_values(p, bm.name, W, codes, len(scored))
         return _reduce(kind, vals, bm.higher_is_better), None
 
-    return stats.Metric(
+    return api.Metric(
         name, bm.needs + (group_key(attr),), weighted, lambda p: _jackknife_via_weights(p, weighted),
         higher_is_better=False if kind == "gap" else bm.higher_is_better,
         description=(f"max - min of {bm.name} over {attr} groups" if kind == "gap"
@@ -298,7 +298,7 @@ def fairness_metric(name: str) -> stats.Metric:
 
 
 def _ci(reps: np.ndarray, value: float, ci: str, alpha: float) -> dict[str, Any]:
-    lo, hi, note = stats.confidence_interval(reps, value, method="percentile" if ci == "bca" else ci, alpha=alpha)
+    lo, hi, note = api.confidence_interval(reps, value, method="percentile" if ci == "bca" else ci, alpha=alpha)
     ok = math.isfinite(lo) and math.isfinite(hi)
     bad = int((~np.isfinite(reps)).sum())
     d = {"value": _f(value), "ci_low": lo if ok else None, "ci_high": hi if ok else None, "n_invalid": bad}
@@ -328,9 +328,9 @@ def group_table(
     """Everything about one attribute, JSON-able: per-group metrics with CIs (or "too small"), gaps and worst
     group with CIs and permutation p-values, equalized odds with per-group TPR/FPR. Resamples are the runner's
     (split hash, seed, n_boot, strata), so the numbers agree with the record's ``gap:...`` metrics."""
-    p = stats.prepare(predictions) if isinstance(predictions, dict) else predictions
+    p = api.prepare(predictions) if isinstance(predictions, dict) else predictions
     codes, scored, sizes, unknown, min_size = _groups(p, attribute, f"fairness on {attribute}")
-    idx = stats.Resamples(stats.bootstrap_indices(split_hash, seed, p.n, n_boot, strata))
+    idx = api.Resamples(api.bootstrap_indices(split_hash, seed, p.n, n_boot, strata))
     W = idx.counts
     ones = np.ones((1, p.n), dtype=W.dtype)
     k = len(scored)
@@ -346,7 +346,7 @@ def group_table(
         out["note"] = f"no {attribute} group has >= {min_size} test samples"
         return out
     for metric in metrics:
-        m = stats.get_metric(metric)
+        m = api.get_metric(metric)
         try:
             pt = group_values(p, metric, ones, codes, k)[:, 0]
         except DermbenchError as e:
@@ -393,14 +393,14 @@ def gap_test(predictions: Any, attribute: str, metric: str, *, n_perm: int = 100
     (vectorised over permutations). p = (1 + #{gap_perm >= gap_obs}) / (1 + n_valid). Permutations where
     some group's metric is undefined are dropped (``n_perm_invalid``).
     """
-    p = stats.prepare(predictions) if isinstance(predictions, dict) else predictions
+    p = api.prepare(predictions) if isinstance(predictions, dict) else predictions
     codes, scored = _check_enough(p, attribute, f"gap test of {metric} on {attribute}")
-    m = stats.get_metric(metric)
+    m = api.get_metric(metric)
     k = len(scored)
     ones = np.ones((1, p.n), dtype=np.uint8)
     obs = float(_reduce("gap", group_values(p, metric, ones, codes, k), m.higher_is_better)[0])
     if not math.isfinite(obs):
-        raise stats.UndefinedMetric(f"gap of {metric} on {attribute} is undefined on the full split")
+        raise api.UndefinedMetric(f"gap of {metric} on {attribute} is undefined on the full split")
     members = np.flatnonzero(codes >= 0)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6A9, len(members), int(n_perm)]))
     perm_codes = np.full((n_perm, p.n), -1, dtype=np.int16 if k < 2**15 else np.int64)
@@ -436,7 +436,7 @@ def paired_gap_test(
     """Is model A's ``kind`` (gap / worst / eod) on ``attribute`` different from model B's?
 
     Both are computed on identical resamples drawn from (split hash, seed); ``diff`` = A - B (negative: A's
-    gap is smaller) with its CI and a two-sided paired bootstrap p-value (see ``stats.paired_from_replicates``).
+    gap is smaller) with its CI and a two-sided paired bootstrap p-value (see ``api.paired_from_replicates``).
     The two prediction sets must carry the same group labels per sample id and the same minimum group size.
     """
     key = group_key(attribute)
@@ -457,5 +457,5 @@ def paired_gap_test(
             "with the other's min_group_size so both score the same groups"
         )
     name = metric_name(kind, attribute, None if kind == "eod" else metric)
-    return stats.paired_test(pred_a, pred_b, name, split_hash=split_hash, seed=seed, n_boot=n_boot,
+    return api.paired_test(pred_a, pred_b, name, split_hash=split_hash, seed=seed, n_boot=n_boot,
                              test=test, strata=strata, alpha=alpha)

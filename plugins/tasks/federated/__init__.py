@@ -393,11 +393,11 @@ class Federated:
         """Centralised (upper) and local-only (lower) bounds, scored and paired against the federated model."""
         import numpy as np
 
-        from dermbench import stats
+        from dermbench import api
 
         out: dict[str, Any] = {"centralised": {
             "what": "same schedule on the union of the participating sites' training data (upper bound)",
-            "metrics": stats.score(preds["centralised"], list(CLS_METRICS), split_hash=test.hash, seed=seed,
+            "metrics": api.score(preds["centralised"], list(CLS_METRICS), split_hash=test.hash, seed=seed,
                                    n_boot=n_boot),
             "federated_minus_centralised": _paired(preds["federated"], preds["centralised"], test.hash, seed, n_boot),
         }}
@@ -411,9 +411,9 @@ class Federated:
             "what": "each site trains alone with the same schedule; a test sample is scored by its own site's model "
                     "(lower bound); test samples of sites without a local model are left out",
             "n_scored": int(idx.size), "n_left_out": int(len(yte) - idx.size),
-            "metrics": stats.score(loc, list(CLS_METRICS), split_hash=sub_hash, seed=seed, n_boot=n_boot)
+            "metrics": api.score(loc, list(CLS_METRICS), split_hash=sub_hash, seed=seed, n_boot=n_boot)
             if idx.size else {},
-            "federated_on_same_samples": stats.score(fed, list(CLS_METRICS), split_hash=sub_hash, seed=seed,
+            "federated_on_same_samples": api.score(fed, list(CLS_METRICS), split_hash=sub_hash, seed=seed,
                                                      n_boot=n_boot) if idx.size else {},
             "federated_minus_local": _paired(fed, loc, sub_hash, seed, n_boot) if idx.size else {},
         }
@@ -424,7 +424,7 @@ class Federated:
         """AUROC / F1 with CIs on each site's test samples, for each training regime."""
         import numpy as np
 
-        from dermbench import stats
+        from dermbench import api
 
         out: dict[str, Any] = {}
         for site in sorted(set(ste.tolist())):
@@ -437,19 +437,19 @@ class Federated:
                 if np.isnan(si).any():
                     rec[name] = None  # no local model for this site
                     continue
-                rec[name] = stats.score({"ids": ids, "y_true": yte[idx], "scores": si, "y_pred": np.argmax(si, 1)},
+                rec[name] = api.score({"ids": ids, "y_true": yte[idx], "scores": si, "y_pred": np.argmax(si, 1)},
                                         list(SITE_METRICS), split_hash=h, seed=seed, n_boot=n_boot)
             out[site] = rec
         return out
 
 
 def _paired(a: dict, b: dict, split_hash: str, seed: int, n_boot: int) -> dict[str, Any]:
-    from dermbench import stats
+    from dermbench import api
 
     out = {}
     for m in SITE_METRICS:
         try:
-            out[m] = stats.paired_test(a, b, m, split_hash=split_hash, seed=seed, n_boot=n_boot)
+            out[m] = api.paired_test(a, b, m, split_hash=split_hash, seed=seed, n_boot=n_boot)
         except DermbenchError as e:  # undefined on this subset (e.g. one class present)
             out[m] = {"diff": None, "note": str(e)}
     return out

@@ -136,13 +136,13 @@ def run_curve(
     """
     import numpy as np
 
-    from dermbench import stats
+    from dermbench import api
 
     if draws < 1:
         raise DermbenchError(f"draws must be >= 1, got {draws}")
     n_tr = len(y_train)
     orders = [class_orders(y_train, train.hash, d) for d in range(draws)]
-    idx = stats.Resamples(stats.bootstrap_indices(test.hash, seed, len(test), n_boot))
+    idx = api.Resamples(api.bootstrap_indices(test.hash, seed, len(test), n_boot))
     points: list[dict[str, Any]] = []
     primary: tuple[Any, Any] | None = None
     for si, (kind, value) in enumerate(settings):
@@ -157,10 +157,10 @@ def run_curve(
             pred = {"ids": test.ids, "y_true": y_test, "scores": scores, "y_pred": y_pred}
             for m in metrics:
                 try:
-                    vals[m].append(stats.point(pred, m))
-                except stats.UndefinedMetric:
+                    vals[m].append(api.point(pred, m))
+                except api.UndefinedMetric:
                     vals[m].append(float("nan"))
-                reps[m].append(stats.replicates(pred, m, idx))
+                reps[m].append(api.replicates(pred, m, idx))
             if si == len(settings) - 1 and d == 0:
                 primary = (scores, y_pred)
         ids = train.ids
@@ -228,10 +228,10 @@ def labels_needed(curve: dict[str, Any], target: float, metric: str | None = Non
     Returns {"target", "metric", "n_labels" (mean curve; None if never reached), "per_draw" (None where a draw
     never reaches it), "draw_min", "draw_max", "draws_reaching"}.
     """
-    from dermbench import stats
+    from dermbench import api
 
     metric = metric or curve["metrics"][0]
-    hib = stats.get_metric(metric).higher_is_better
+    hib = api.get_metric(metric).higher_is_better
     pts = curve["points"]
     xs = [p["n_labels_mean"] for p in pts]
     mean_curve = [p["metrics"][metric]["mean"] for p in pts]
