@@ -179,7 +179,7 @@ def main() -> None:
     boots = [bench_boot(n, boot_models, 1000, R) for n in boot_sizes]
     for b in boots:
         print(f"bootstrap n={b['n']}: {b['models']} models x B={b['B']} macro AUROC + {b['tests']} paired tests: "
-              f"{b['s']:.2f} s, peak RSS {b["peak_rss_MB"]:.0f} MB ({b["inputs_rss_MB"]:.0f} MB before the bootstrap: imports + inputs)")
+              f"{b['s']:.2f} s, peak RSS {b['peak_rss_MB']:.0f} MB ({b['inputs_rss_MB']:.0f} MB before the bootstrap: imports + inputs)")
     lo, hi = boots
     scale = hi["n"] / lo["n"]
     print(f"bootstrap time {hi['n']} vs {lo['n']} x {scale:.0f}: {hi['s'] / (lo['s'] * scale):.2f} "
