@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from dermbench.api import DermbenchError
+from dermbench.defaults import CI_METHOD, N_BOOT
 
 app = typer.Typer(
     name="dermbench",
@@ -78,6 +79,11 @@ def route_task_opts(raw: dict[str, Any], tasks: list[str]) -> dict[str, dict[str
         if "." in k:
             t, key = k.split(".", 1)
             reg.task(t)
+            if t not in tasks:
+                raise DermbenchError(
+                    f"--task-opt {k}: task {t!r} is not in this run (tasks: {', '.join(tasks) or '-'}); "
+                    "drop the option or add the task with --task"
+                )
             out.setdefault(t, {})[key] = v
             continue
         targets = [t for t in tasks if k in reg.task(t).info.defaults]
@@ -96,8 +102,11 @@ def run(
     model: str = typer.Option(..., "--model", "-m", help="model name(s), comma-separated"),
     task: str = typer.Option("all", "--task", "-t", help="task name(s), comma-separated, or 'all'"),
     dataset: str = typer.Option("dermsynth", "--dataset", "-d", help="dataset name(s), comma-separated"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="folder holding the dataset's files"),
+    data_root: list[str] = typer.Option([], "--data-root",
+                                        help="folder holding the datasets' files, or DATASET=PATH (repeatable)"),
     seed: str = typer.Option("0", "--seed", help="seed, or several comma-separated (one record each)"),
+    protocol: str = typer.Option("default", "--protocol",
+                                 help="named protocol preset of the tasks' options (e.g. dermino, panderm)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     overwrite: str = typer.Option("missing", "--overwrite",
                                   help="never: keep any record; missing: run absent or stale cells; always: rerun all"),
@@ -109,14 +118,16 @@ def run(
     split_seed: int = typer.Option(0, "--split-seed", help="seed of the seeded 50/50 split where no official one exists"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="feature cache (default $DERMBENCH_CACHE or ~/.cache/dermbench)"),
     batch_size: int = typer.Option(32, "--batch-size"),
-    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates"),
-    ci: str = typer.Option("percentile", "--ci", help="percentile | bca | paper (the DermINO μ ± v, labelled)"),
+    n_boot: int = typer.Option(N_BOOT, "--n-boot", help="bootstrap replicates"),
+    ci: str = typer.Option(CI_METHOD, "--ci", help="percentile | bca | paper (the DermINO μ ± v, labelled)"),
     commercial_only: bool = typer.Option(False, "--commercial-only", help="only models/datasets licensed for commercial use"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="skip unreadable images (counted in provenance)"),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run a deterministic 1/n of the planned cells"),
     train_fraction: Optional[str] = typer.Option(None, "--train-fraction",
-                                                 help="label-efficiency curve: fractions of the training labels, e.g. 0.01,0.1,1"),
-    shots: Optional[str] = typer.Option(None, "--shots", help="few-shot: labelled images per class, e.g. 1,5,10"),
+                                                 help="alias of --task-opt train_fraction=... (label-efficiency "
+                                                      "curve: fractions of the training labels, e.g. 0.01,0.1,1)"),
+    shots: Optional[str] = typer.Option(None, "--shots",
+                                        help="alias of --task-opt shots=... (labelled images per class, e.g. 1,5,10)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Run models x tasks x datasets; finished cells are skipped, results are written as JSON records."""
@@ -127,7 +138,7 @@ def run(
     models = runner.split_names(model)
     tasks = runner.split_names(task)
     datasets = runner.split_names(dataset)
-    seeds = [int(s) for s in runner.split_names(seed)]
+    seeds = parse_seeds(seed)
     wmap: dict[str, str] = {}
     for w in weights:
         if "=" in w and not Path(w).exists():
@@ -137,6 +148,7 @@ def run(
             wmap[models[0]] = w
         else:
             raise DermbenchError("with several models, pass --weights MODEL=PATH")
+    root, roots = parse_data_roots(data_root)
     shard_t = None
     if shard:
         try:
@@ -149,23 +161,73 @@ def run(
     task_names = sorted({c.task for c in p.cells} | {c.task for c, _ in p.skipped})
     for flag, value, cast in (("train_fraction", train_fraction, float), ("shots", shots, int)):
         if value:
-            vals = [cast(v) for v in value.split(",") if v.strip()]
+            try:
+                vals = [cast(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise DermbenchError(f"--{flag.replace('_', '-')} {value!r}: expected comma-separated numbers") from None
             task_opt = [*task_opt, f"{flag}={json.dumps(vals if len(vals) > 1 else vals[0])}"]
     opts = runner.RunOptions(
-        out=out, data_root=data_root, seeds=seeds, device=device, overwrite=overwrite,
+        out=out, data_root=root, data_roots=roots, seeds=seeds, device=device, overwrite=overwrite,
         task_params=route_task_opts(parse_kv(task_opt, "--task-opt"), task_names),
         dataset_opts=parse_kv(dataset_opt, "--dataset-opt"), model_opts=parse_kv(model_opt, "--model-opt"),
         weights=wmap, cache_dir=cache_dir, batch_size=batch_size, n_boot=n_boot, ci=ci, split_seed=split_seed,
-        commercial_only=commercial_only, skip_bad_images=skip_bad_images, shard=shard_t,
+        commercial_only=commercial_only, skip_bad_images=skip_bad_images, shard=shard_t, protocol=protocol,
     )
-    if overwrite not in runner.OVERWRITE:
-        raise DermbenchError(f"--overwrite must be one of {', '.join(runner.OVERWRITE)}, got {overwrite!r}")
+    runner.validate_run(p, opts)  # every option checked before any dataset is loaded or feature extracted
     console = None if quiet else _console()
-    summary = runner.execute(p, opts, console=console, quiet=quiet)
+    try:
+        summary = runner.execute(p, opts, console=console, quiet=quiet)
+    except KeyboardInterrupt:
+        print("interrupted; completed cells are kept, rerun the same command to resume", file=sys.stderr)
+        raise typer.Exit(130) from None
     if not quiet and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         _print_summary(console, summary, out)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def parse_seeds(value: str) -> list[int]:
+    """``--seed 0,1,2`` as integers; anything else is a clear error (never a traceback, never a no-op)."""
+    from dermbench import runner
+
+    items = runner.split_names(value or "")
+    if not items:
+        raise DermbenchError(f"--seed {value!r} is empty: pass a seed such as --seed 0 (or several: --seed 0,1,2)")
+    seeds = []
+    for it in items:
+        try:
+            s = int(it)
+        except ValueError:
+            raise DermbenchError(f"--seed {it!r} is not an integer: pass e.g. --seed 0 or --seed 0,1,2") from None
+        if s < 0:
+            raise DermbenchError(f"--seed {s} is negative: seeds are integers >= 0")
+        seeds.append(s)
+    if len(set(seeds)) != len(seeds):
+        raise DermbenchError(f"--seed {value!r} repeats a seed")
+    return seeds
+
+
+def parse_data_roots(values: list[str]) -> tuple[Optional[Path], dict[str, Path]]:
+    """``--data-root PATH`` (every dataset) and ``--data-root DATASET=PATH`` (one dataset), repeatable."""
+    from dermbench import plugins
+
+    root: Optional[Path] = None
+    roots: dict[str, Path] = {}
+    for v in values or []:
+        if not v.strip():
+            raise DermbenchError("--data-root is empty: pass a folder, or DATASET=FOLDER")
+        name, eq, path = v.partition("=")
+        if eq and not Path(v).expanduser().exists():
+            plugins.registry().dataset(name.strip())  # unknown names list the valid ones
+            if name.strip() in roots:
+                raise DermbenchError(f"--data-root {name.strip()}=... given twice")
+            roots[name.strip()] = Path(path).expanduser()
+            continue
+        if root is not None:
+            raise DermbenchError(
+                f"--data-root given twice ({root} and {v}); use DATASET=PATH to give each dataset its folder")
+        root = Path(v).expanduser()
+    return root, roots
 
 
 def _print_summary(console, summary, out: Path) -> None:
@@ -382,13 +444,45 @@ def compare(
 
 
 @app.command()
+def audit(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="datasets to audit, comma-separated"),
+    data_root: list[str] = typer.Option([], "--data-root", help="PATH, or DATASET=PATH (repeatable)"),
+    pretrain: list[str] = typer.Option([], "--pretrain", help="NAME=FOLDER of pretraining images (NAME: the model "
+                                                             "name the leaderboard matches), repeatable"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="add an embedding-similarity pass with this backbone"),
+    out: Path = typer.Option(Path("results/audit"), "--out", "-o", help="writes audit.json, audit.md, contact_sheet.png"),
+    max_distance: int = typer.Option(4, "--max-distance", help="pHash Hamming distance (of 64 bits) for a candidate"),
+    pixel_tol: float = typer.Option(0.03, "--pixel-tol", help="24x24 thumbnail mean |diff| (of 255) confirming it"),
+    sim_threshold: float = typer.Option(0.95, "--sim-threshold", help="embedding cosine similarity for a pair"),
+    min_size: int = typer.Option(32, "--min-size", help="refuse images smaller than this (pHash grid is 32 px)"),
+    allow_mixed_modes: bool = typer.Option(False, "--allow-mixed-modes", help="compare greyscale with colour sets"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="feature cache for the embedding pass"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Leakage audit: near-duplicate images within datasets (train vs test), across datasets, and vs pretraining."""
+    from dermbench import audit as audit_mod
+
+    root, roots = parse_data_roots(data_root)
+    pre = {}
+    for v in pretrain:
+        name, eq, folder = v.partition("=")
+        if not eq or not name.strip() or not folder.strip():
+            raise DermbenchError(f"--pretrain {v!r}: expected NAME=FOLDER (e.g. dermino=/data/pretrain_images)")
+        pre[name.strip()] = Path(folder).expanduser()
+    audit_mod.main([d.strip() for d in dataset.split(",") if d.strip()], data_root=root, data_roots=roots,
+                   pretrain=pre, model=model, out=out, cache_dir=cache_dir, device=device, console=_console(),
+                   max_distance=max_distance, pixel_tol=pixel_tol, sim_threshold=sim_threshold, min_side=min_size,
+                   allow_mixed_modes=allow_mixed_modes)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o"),
     models: str = typer.Option("auto", "--models", help="'auto': every model whose weights exist here, plus dermino"),
     n: int = typer.Option(400, "--n", help="dermsynth images"),
     task: str = typer.Option("all", "--task"),
     publish: Optional[Path] = typer.Option(None, "--publish", help="also write md/csv/json/html + plots here"),
-    n_boot: int = typer.Option(1000, "--n-boot", help="bootstrap replicates (more give the paired tests finer p-values)"),
+    n_boot: int = typer.Option(N_BOOT, "--n-boot", help="bootstrap replicates (more give the paired tests finer p-values)"),
 ) -> None:
     """The main job: all offline-runnable models x all tasks on dermsynth, then the leaderboard."""
     from dermbench.demo import run_demo

@@ -13,6 +13,8 @@ size mismatch is reported before any model runs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 from dataclasses import dataclass, field
@@ -313,6 +315,10 @@ def build_dataset(
     ``expected_image`` is an example path shown when no image at all is found.
     """
     name = info.name
+    from dermbench.results import check_name
+
+    check_name(name, "dataset name")
+    rows = check_contained(rows, root, name, allow_outside=_ALLOW_OUTSIDE.get())
     skipped = dict(skipped or {})
     n = len(rows)
     present = [r for r in rows if r.image is not None]
@@ -333,8 +339,12 @@ def build_dataset(
             skipped["missing_mask"] = skipped.get("missing_mask", 0) + k
             log.warning("%s: %d of %d images have no mask under %s; skipped", name, k, len(present), root)
         present = _check_mask_sizes(name, with_mask, skip_bad_images, skipped)
+    dropped: list[str] = []
     if skip_bad_images:
-        present = _drop_undecodable(name, present, check_masks, skipped)
+        kept = _drop_undecodable(name, present, check_masks, skipped)
+        keep_ids = {r.id for r in kept}
+        dropped = sorted(r.id for r in present if r.id not in keep_ids)
+        present = kept
     if not present:
         raise DermbenchError(f"{name}: no usable sample left under {root} (skipped: {skipped})")
     samples = [
@@ -348,6 +358,10 @@ def build_dataset(
         groups = [s.meta.get("group", s.id) for s in samples] if grouped else None
         names = list(label_names if label_names is not None else info.label_names)
         key = f"{Path(root).resolve()}|{what}|{names}"
+        if dropped:  # the skipped images are part of the split's identity: a split drawn with them is kept apart
+            import hashlib
+
+            key += "|skipped:" + hashlib.sha256("\n".join(dropped).encode()).hexdigest()[:16]
         splits, source = seeded_split(name, ids, labels, groups, split_seed, split_file=split_file, source=key)
     return Dataset(
         info=info,
@@ -446,33 +460,99 @@ def _drop_undecodable(name: str, rows: list[Row], masks: bool, skipped: dict[str
     return keep
 
 
-def dataset_options(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
-    """Decorator for loaders: warn about (and drop) ``--dataset-opt`` keys the loader does not know.
+class UnknownDatasetOption(DermbenchError):
+    """A --dataset-opt key the dataset does not accept (a usage error, reported before any work)."""
 
-    A typo such as ``tabel=xlsx`` would otherwise be swallowed silently; an error would be too strict
-    because the runner forwards the same options to every dataset of a multi-dataset run.
+
+#: (dataset name, keys that may be ignored) of the loader call in progress; see ``option_scope``
+_SCOPE: contextvars.ContextVar[tuple[str, frozenset[str]] | None] = contextvars.ContextVar("dermbench_opt_scope",
+                                                                                         default=None)
+#: dataset name -> {ignored key: the options that dataset accepts}
+_IGNORED: dict[str, dict[str, list[str]]] = {}
+_ALLOW_OUTSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("dermbench_allow_outside", default=False)
+#: options every loader decorated with ``dataset_options`` accepts (handled here, not by the loader)
+COMMON_OPTIONS = ("allow_outside_root",)
+
+
+@contextlib.contextmanager
+def option_scope(dataset: str, lenient: frozenset[str] = frozenset()):
+    """The runner loads each dataset inside this scope: unknown option keys are an error, except ``lenient``
+    ones (bare options of a multi-dataset run meant for another dataset), which are dropped and recorded."""
+    tok = _SCOPE.set((dataset, frozenset(lenient)))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(tok)
+
+
+def ignored_options() -> dict[str, dict[str, list[str]]]:
+    """Which lenient keys each dataset loaded so far ignored, with the options it accepts instead."""
+    return {k: dict(v) for k, v in _IGNORED.items()}
+
+
+def dataset_options(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    """Decorator for loaders: an unknown ``--dataset-opt`` key is an error listing the valid ones.
+
+    In a multi-dataset run the runner marks bare keys as lenient (each may be meant for another dataset of
+    the run); they are dropped here and the runner checks that some dataset used each. The common option
+    ``allow_outside_root=true`` (image paths in a CSV may point outside ``--data-root``) is handled here.
     """
     import functools
     import inspect
 
     params = inspect.signature(fn).parameters
     known = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    valid = sorted(known - {"root", "variant", "name", "split_seed", "skip_bad_images"})
+    valid = sorted((known - {"root", "variant", "name", "split_seed", "skip_bad_images"}) | set(COMMON_OPTIONS))
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Dataset:
+        allow = opt_bool(kwargs.pop("allow_outside_root", False))
         unknown = sorted(set(kwargs) - known)
         if unknown:
-            log.warning(
-                "%s: ignoring unknown dataset option(s) %s; this dataset accepts %s",
-                fn.__module__.rsplit(".", 1)[-1],
-                unknown,
-                valid or "none",
-            )
+            scope = _SCOPE.get()
+            label = scope[0] if scope else fn.__module__.rsplit(".", 1)[-1]
+            lenient = scope[1] if scope else frozenset()
+            hard = [k for k in unknown if k not in lenient]
+            if hard:
+                raise UnknownDatasetOption(
+                    f"dataset {label!r} has no option(s) {hard}; it accepts {', '.join(valid) or 'none'} "
+                    f"(--dataset-opt key=value, or {label}.key=value in a run over several datasets)"
+                )
+            for k in unknown:
+                _IGNORED.setdefault(label, {})[k] = valid
             kwargs = {k: v for k, v in kwargs.items() if k in known}
-        return fn(*args, **kwargs)
+        tok = _ALLOW_OUTSIDE.set(allow)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _ALLOW_OUTSIDE.reset(tok)
 
+    wrapper.accepted_options = tuple(valid)  # type: ignore[attr-defined]
     return wrapper
+
+
+def check_contained(rows: Sequence[Row], root: Path | str, dataset: str, allow_outside: bool = False) -> list[Row]:
+    """Refuse image/mask paths that resolve (symlinks and ``..`` included) outside the data root.
+
+    A metadata file naming ``../x.jpg`` or a symlink out of the folder would otherwise make a benchmark read
+    files the user never pointed it at. ``--dataset-opt allow_outside_root=true`` opts in explicitly.
+    """
+    rows = list(rows)
+    if allow_outside:
+        return rows
+    base = Path(root).expanduser().resolve()
+    for r in rows:
+        for kind, f in (("image", r.image), ("mask", r.mask)):
+            if not isinstance(f, (str, Path)):
+                continue
+            full = Path(f).expanduser().resolve()
+            if full != base and base not in full.parents:
+                raise DermbenchError(
+                    f"{dataset}: the {kind} of sample {r.id!r} ({f}) resolves to {full}, outside the data root "
+                    f"{base} (a '..' or absolute path in the metadata, or a symlink). Fix the path, or pass "
+                    "--dataset-opt allow_outside_root=true if reading outside the root is intended."
+                )
+    return rows
 
 
 def opt_bool(v: Any) -> bool:

@@ -2,6 +2,11 @@
 
 One failing cell (missing weights, a bad file) is recorded and reported; the others go on, and nothing
 already computed is lost: records and cache entries are written atomically as soon as they exist.
+
+Every option is validated before any work (unknown keys list the valid ones; types follow the task's
+``defaults``; ranges come from ``TaskInfo.option_ranges``). A stored record is reused only when its whole
+identity matches the cell (model, task, dataset, seed, config hash, split hash); a malformed one is moved
+aside and recomputed.
 """
 
 from __future__ import annotations
@@ -13,15 +18,19 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from dermbench import plugins
+from dermbench import defaults, plugins
 from dermbench.api import Backbone, Dataset, DermbenchError, ModelInfo, Split, TaskInfo, TaskOutput, stable_hash
 from dermbench.features import FeatureStore
 from dermbench.results import (
     ResultRecord,
     artifacts_dir,
     atomic_write_text,
+    cell_dir,
+    check_name,
+    move_aside,
+    plugin_provenance,
     provenance,
     read_record,
     record_path,
@@ -29,6 +38,7 @@ from dermbench.results import (
 )
 
 OVERWRITE = ("never", "missing", "always")
+DEFAULT_PROTOCOL = "default"
 
 
 @dataclass
@@ -55,6 +65,7 @@ class RunSummary:
     reused: list[tuple[Cell, Path]] = field(default_factory=list)
     skipped: list[tuple[Cell, str]] = field(default_factory=list)
     failed: list[tuple[Cell, str]] = field(default_factory=list)
+    repaired: list[tuple[Cell, str]] = field(default_factory=list)  # bad records moved aside (recomputed)
     backbone_loads: int = 0
 
     @property
@@ -65,22 +76,29 @@ class RunSummary:
 @dataclass
 class RunOptions:
     out: Path = Path("results")
-    data_root: Path | None = None
+    data_root: Path | None = None  # every dataset's root
+    data_roots: dict[str, Path] = field(default_factory=dict)  # dataset -> root (wins over data_root)
     seeds: Sequence[int] = (0,)
     device: str = "cpu"
     overwrite: str = "missing"
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # task -> params
-    dataset_opts: dict[str, Any] = field(default_factory=dict)
-    model_opts: dict[str, Any] = field(default_factory=dict)
+    dataset_opts: dict[str, Any] = field(default_factory=dict)  # key (all datasets) or "dataset.key"
+    model_opts: dict[str, Any] = field(default_factory=dict)  # key (all models) or "model.key"
     weights: dict[str, str] = field(default_factory=dict)  # model -> path
     cache_dir: Path | None = None
     batch_size: int = 32
-    n_boot: int = 1000
-    ci: str = "percentile"
+    n_boot: int = defaults.N_BOOT
+    ci: str = defaults.CI_METHOD
     split_seed: int = 0
     commercial_only: bool = False
     skip_bad_images: bool = False
     shard: tuple[int, int] | None = None  # (i, n), 1-based i
+    protocol: str = DEFAULT_PROTOCOL
+
+    def root_for(self, dataset: str) -> Path | None:
+        # a view <dataset>:<view> (dermbench.views) reads its base dataset's files
+        root = self.data_roots.get(dataset, self.data_roots.get(dataset.split(":", 1)[0], self.data_root))
+        return None if root is None else Path(root)
 
 
 def split_names(value: str | Sequence[str]) -> list[str]:
@@ -92,6 +110,13 @@ def split_names(value: str | Sequence[str]) -> list[str]:
 def plan(models: Sequence[str], tasks: Sequence[str], datasets: Sequence[str], seeds: Sequence[int] = (0,),
          commercial_only: bool = False) -> Plan:
     """Resolve names (unknown ones raise with the valid list) and keep the compatible cells."""
+    for what, names in (("model", models), ("task", tasks), ("dataset", datasets)):
+        if not names:
+            raise DermbenchError(f"no {what} given: pass --{what} NAME (see `dermbench list {what}s`)")
+        for n in names:
+            check_name(n, what)
+    if not seeds:
+        raise DermbenchError("no seed given: pass --seed N (or several, comma-separated)")
     reg = plugins.registry()
     model_infos = [reg.model(m).info for m in models]
     dataset_infos = [reg.dataset(d).info for d in datasets]
@@ -134,7 +159,78 @@ def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
     return [c for c in cells if int(stable_hash([c.model, c.task, c.dataset, c.seed], 8), 16) % n == i - 1]
 
 
-def task_params(info: TaskInfo, given: dict[str, Any]) -> dict[str, Any]:
+# --------------------------------------------------------------------------------------------------
+# Options: one model for task, model and dataset options
+
+
+def coerce_option(owner: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default`` (command-line strings arrive as str/int/float/bool), or a
+    DermbenchError naming the option, the value and the expected type. A None default accepts anything."""
+    if default is None or value is None:
+        return value
+    what = f"{owner} option {key}={value!r}"
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise DermbenchError(f"{what} is not a boolean (use true or false)")
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise DermbenchError(f"{what} is not an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            if isinstance(value, (list, tuple)):  # list-valued integer options (e.g. shots=1,5,10)
+                return [coerce_option(owner, key, v, default) for v in value]
+            raise DermbenchError(f"{what} is not an integer") from None
+    if isinstance(default, float):
+        if isinstance(value, bool):
+            raise DermbenchError(f"{what} is not a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, (list, tuple)):
+            return [coerce_option(owner, key, v, default) for v in value]
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise DermbenchError(f"{what} is not a number") from None
+    # str/list/dict defaults: kept as given (options such as C=auto|<float> take several types; the task
+    # interprets them, and option_ranges can restrict them)
+    return value
+
+
+def check_ranges(owner: str, params: Mapping[str, Any], ranges: Mapping[str, Any]) -> None:
+    """Apply ``TaskInfo.option_ranges``-style checks: (lo, hi) inclusive numeric bounds, or a set of values."""
+    import math
+
+    for key, rule in ranges.items():
+        if key not in params or params[key] is None:
+            continue
+        values = params[key] if isinstance(params[key], (list, tuple)) else [params[key]]
+        for v in values:
+            if isinstance(rule, (set, frozenset)):
+                if v not in rule:
+                    raise DermbenchError(
+                        f"{owner} option {key}={v!r} is not one of {sorted(map(str, rule))}")
+                continue
+            lo, hi = rule
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or (isinstance(v, float) and math.isnan(v)):
+                raise DermbenchError(f"{owner} option {key}={v!r} must be a number")
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                span = (f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"between {lo} and {hi}")
+                raise DermbenchError(f"{owner} option {key}={v!r} is out of range: it must be {span}")
+
+
+def resolve_task_params(info: TaskInfo, given: Mapping[str, Any], protocol: str = DEFAULT_PROTOCOL) -> dict[str, Any]:
+    """The task's parameters: ``defaults``, then the protocol preset, then the user's values (which win);
+    unknown keys are an error listing the valid ones; types follow the defaults; ranges are checked."""
     params = dict(info.defaults)
     unknown = sorted(set(given) - set(params))
     if unknown:
@@ -142,19 +238,107 @@ def task_params(info: TaskInfo, given: dict[str, Any]) -> dict[str, Any]:
             f"task {info.name!r} has no option(s) {unknown}; its options are "
             f"{', '.join(f'{k}={v!r}' for k, v in sorted(params.items())) or '(none)'}"
         )
-    params.update(given)
+    preset = dict((getattr(info, "protocols", None) or {}).get(protocol, {})) if protocol != DEFAULT_PROTOCOL else {}
+    bad = sorted(set(preset) - set(params))
+    if bad:  # a plugin bug, said plainly
+        raise DermbenchError(f"task {info.name!r}: protocol {protocol!r} sets unknown option(s) {bad}")
+    for source in (preset, given):
+        for k, v in source.items():
+            params[k] = coerce_option(f"task {info.name!r}", k, v, info.defaults[k])
+    check_ranges(f"task {info.name!r}", params, getattr(info, "option_ranges", None) or {})
     return params
 
 
-def _weights_spec(path: str | None) -> str:
-    """A cheap identity for --weights (path, size, mtime) used in the config hash; the content hash is recorded."""
-    if not path:
+def task_params(info: TaskInfo, given: dict[str, Any]) -> dict[str, Any]:
+    """Kept for callers of the old name: ``resolve_task_params`` with the default protocol."""
+    return resolve_task_params(info, given)
+
+
+def _route(opts: Mapping[str, Any], names: Sequence[str], table: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Split ``key`` (every one) from ``name.key`` (one registered name) options."""
+    common: dict[str, Any] = {}
+    targeted: dict[str, dict[str, Any]] = {}
+    for k, v in opts.items():
+        head, _, rest = str(k).partition(".")
+        if rest and head in table:
+            targeted.setdefault(head, {})[rest] = v
+        else:
+            common[k] = v
+    return common, targeted
+
+
+def validate_run(p: Plan, opts: RunOptions) -> dict[str, dict[str, Any]]:
+    """Check every run option before any work; returns each planned task's resolved parameters."""
+    from dermbench.defaults import CI_METHODS
+
+    reg = plugins.registry()
+    if opts.overwrite not in OVERWRITE:
+        raise DermbenchError(f"--overwrite must be one of {', '.join(OVERWRITE)}, got {opts.overwrite!r}")
+    for name, v, lo in (("--n-boot", opts.n_boot, 1), ("--batch-size", opts.batch_size, 1)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise DermbenchError(f"{name} must be an integer >= {lo}, got {v!r}")
+    if opts.ci not in CI_METHODS:
+        raise DermbenchError(f"--ci {opts.ci!r} is not a CI method; choose one of {', '.join(CI_METHODS)}")
+    for s in opts.seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise DermbenchError(f"--seed {s!r} must be a non-negative integer")
+    for name in opts.data_roots:
+        reg.dataset(name)  # unknown names list the valid ones
+    cells = p.cells + [c for c, _ in p.skipped]
+    tasks = sorted({c.task for c in cells})
+    unknown = sorted(set(opts.task_params) - set(tasks))
+    if unknown:
+        raise DermbenchError(
+            f"--task-opt given for task(s) {unknown} that are not in this run (tasks: {', '.join(tasks) or '-'}); "
+            "drop the option or add the task with --task"
+        )
+    known_protocols = {DEFAULT_PROTOCOL} | {pr for t in tasks for pr in (getattr(reg.task(t).info, "protocols", None) or {})}
+    if opts.protocol not in known_protocols:
+        raise DermbenchError(
+            f"--protocol {opts.protocol!r} is known to none of the tasks in this run; known protocols: "
+            f"{', '.join(sorted(known_protocols))}"
+        )
+    for what, given, table, names in (("--model-opt", opts.model_opts, reg.models, {c.model for c in cells}),
+                                       ("--dataset-opt", opts.dataset_opts, reg.datasets, {c.dataset for c in cells})):
+        _, targeted = _route(given, sorted(names), table)
+        stray = sorted(set(targeted) - names)
+        if stray:
+            raise DermbenchError(f"{what} given for {stray}, which are not in this run ({', '.join(sorted(names))})")
+    return {t: resolve_task_params(reg.task(t).info, opts.task_params.get(t, {}), opts.protocol) for t in tasks}
+
+
+def _weights_identity(path: str | None, info: ModelInfo) -> str:
+    """What the config hash knows of the weights: the content hash of --weights (or of the model's weights
+    environment variable), memoised; "default" when the model resolves its own published weights."""
+    from dermbench import weights as W
+
+    src = path or (os.environ.get(info.weights_env) if info.weights_env else None)
+    if not src:
         return "default"
-    p = Path(path)
-    if p.exists():
-        st = p.stat()
-        return f"{p.resolve()}:{st.st_size}:{int(st.st_mtime)}"
-    return str(path)
+    p = Path(src).expanduser()
+    try:
+        return W.dir_hash(p) if p.is_dir() else "sha256:" + W.file_sha256(p)
+    except (OSError, DermbenchError):
+        return f"unreadable:{p}"  # the cell fails with the loader's message
+
+
+def check_finite(arrays: Any, what: str) -> None:
+    """A DermbenchError when any float array holds NaN/Inf (a NaN feature silently gives chance-level numbers)."""
+    import numpy as np
+
+    for i, a in enumerate(arrays if isinstance(arrays, (list, tuple)) else [arrays]):
+        a = np.asarray(a)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).reshape(len(a), -1).any(axis=1).sum()) if a.ndim else 1
+            raise DermbenchError(
+                f"{what}{f' (layer {i})' if len(arrays) > 1 else ''} contain NaN/Inf in {bad} of {len(a)} row(s): "
+                "the model produced non-finite outputs (broken or diverged weights?). Check the checkpoint with "
+                "`dermbench plugins check MODEL --weights PATH`; no result was recorded."
+            )
+
+
+#: prediction keys checked for NaN/Inf (per-sample metric arrays may legitimately hold NaN for undefined cases)
+CHECKED_PREDICTIONS = ("scores", "y_pred", "y_true", "y_score", "probs", "logits")
 
 
 class CellContext:
@@ -171,6 +355,7 @@ class CellContext:
         self.out_dir = out_dir
         self.ci = runner.opts.ci
         self.n_boot = runner.opts.n_boot  # tasks reporting their own secondary CIs use the run's setting
+        self.protocol = runner.opts.protocol
 
     def split(self, name: str) -> Split:
         return self.dataset.split(name)
@@ -183,14 +368,20 @@ class CellContext:
         return self._runner.backbone(self.model_name)
 
     def features(self, split: Split):
+        _check_split(split, "features")
         bb = self.backbone()
         with self.progress(f"features {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv:
-            return self._runner.store.embeddings(bb, split, device=self.device, progress=adv)
+            x = self._runner.store.embeddings(bb, split, device=self.device, progress=adv)
+        check_finite(x, f"features of model {self.model_name!r} on {split.dataset.name}:{split.name}")
+        return x
 
     def patch_features(self, split: Split, layers: Sequence[int]):
+        _check_split(split, "patch_features")
         bb = self.backbone()
         with self.progress(f"patch maps {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv:
-            return self._runner.store.patch_tokens(bb, split, layers, device=self.device, progress=adv)
+            maps = self._runner.store.patch_tokens(bb, split, layers, device=self.device, progress=adv)
+        check_finite(list(maps), f"patch features of model {self.model_name!r} on {split.dataset.name}:{split.name}")
+        return maps
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
@@ -199,6 +390,14 @@ class CellContext:
 
     def log(self, message: str) -> None:
         self._runner.log(f"  {message}")
+
+
+def _check_split(split: Any, method: str) -> None:
+    if not isinstance(split, Split):
+        raise DermbenchError(
+            f"ctx.{method}() expects a Split, got {type(split).__name__} {split!r}: pass ctx.split({split!r})"
+            if isinstance(split, str) else f"ctx.{method}() expects a Split (ctx.split('train')), got {type(split).__name__}"
+        )
 
 
 class Runner:
@@ -210,6 +409,8 @@ class Runner:
         self._backbones: dict[str, Backbone] = {}
         self._datasets: dict[str, Dataset] = {}
         self.summary = RunSummary()
+        self.params: dict[str, dict[str, Any]] = {}
+        self._planned_datasets: set[str] = set()
 
     # ------------------------------------------------------------------ output helpers
     def log(self, msg: str) -> None:
@@ -232,18 +433,36 @@ class Runner:
             tid = prog.add_task(description, total=total)
             yield lambda n=1: prog.advance(tid, n)
 
+    # ------------------------------------------------------------------ options per model / dataset
+    def model_kwargs(self, model: str) -> dict[str, Any]:
+        common, targeted = _route(self.opts.model_opts, [model], plugins.registry().models)
+        return {**common, **targeted.get(model, {})}
+
+    def dataset_kwargs(self, name: str) -> dict[str, Any]:
+        common, targeted = _route(self.opts.dataset_opts, [name], plugins.registry().datasets)
+        return {**common, **targeted.get(name, {})}
+
     # ------------------------------------------------------------------ resources
     def backbone(self, model: str) -> Backbone:
         if model not in self._backbones:
             # one model in memory at a time: features are cached, so old backbones are no longer needed
             self._backbones.clear()
             entry = plugins.registry().model(model)
-            kwargs: dict[str, Any] = dict(self.opts.model_opts)
+            kwargs: dict[str, Any] = self.model_kwargs(model)
             if self.opts.weights.get(model):
                 kwargs["weights"] = self.opts.weights[model]
             kwargs.setdefault("device", self.opts.device)
             t0 = time.perf_counter()
-            bb = entry.obj(**kwargs)
+            try:
+                bb = entry.obj(**kwargs)
+            except TypeError as e:
+                if "unexpected keyword" not in str(e) and "got an unexpected" not in str(e):
+                    raise
+                given = sorted(set(kwargs) - {"weights", "device"})
+                raise DermbenchError(
+                    f"model {model!r} does not accept the option(s) given with --model-opt {given}: {e}. "
+                    "Drop the option, or prefix it with the model it is meant for (MODEL.key=value)."
+                ) from None
             bb = bb.to(self.opts.device) if hasattr(bb, "to") else bb
             self.summary.backbone_loads += 1
             self.log(f"  loaded {model} ({bb.weights_id}) in {time.perf_counter() - t0:.1f}s")
@@ -252,42 +471,70 @@ class Runner:
 
     def dataset(self, name: str) -> Dataset:
         if name not in self._datasets:
+            from dermbench import datasets_common
+
             entry = plugins.registry().dataset(name)
             info = entry.info
-            root = self.opts.data_root
+            root = self.opts.root_for(name)
             if info.needs_root and root is None:
                 raise DermbenchError(
-                    f"dataset {name!r} reads files from disk: pass --data-root PATH. {info.how_to_obtain}".strip()
+                    f"dataset {name!r} reads files from disk: pass --data-root PATH (or --data-root {name}=PATH). "
+                    f"{info.how_to_obtain}".strip()
                 )
             if info.needs_root and not Path(root).exists():
                 raise DermbenchError(f"--data-root {root} does not exist. {info.how_to_obtain}".strip())
-            kwargs = dict(self.opts.dataset_opts)
+            kwargs = self.dataset_kwargs(name)
             kwargs.setdefault("split_seed", self.opts.split_seed)
             if self.opts.skip_bad_images:
                 kwargs["skip_bad_images"] = True
-            ds = entry.obj(root, **kwargs)
+            with datasets_common.option_scope(name, lenient=self._lenient_dataset_keys()):
+                ds = entry.obj(root, **kwargs)
             self._datasets[name] = ds
         return self._datasets[name]
 
+    def _lenient_dataset_keys(self) -> frozenset[str]:
+        """Bare --dataset-opt keys given to a multi-dataset run: a dataset that does not know one ignores it
+        (the run checks that at least one dataset used it); single-dataset runs are strict."""
+        common, _ = _route(self.opts.dataset_opts, [], plugins.registry().datasets)
+        return frozenset(common) if len(self._planned_datasets) > 1 else frozenset()
+
     # ------------------------------------------------------------------ main loop
     def config_for(self, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
+        """Everything that changes the cell's numbers except its seed: this dict is hashed into config_hash."""
+        info = plugins.registry().model(cell.model).info
         return {
+            "model": cell.model,
+            "weights": _weights_identity(self.opts.weights.get(cell.model), info),
+            "model_opts": self.model_kwargs(cell.model),
             "task": cell.task,
             "params": params,
-            "dataset_opts": self.opts.dataset_opts,
-            "model_opts": self.opts.model_opts,
-            "weights": _weights_spec(self.opts.weights.get(cell.model)),
+            "protocol": self.opts.protocol,
+            "dataset": cell.dataset,
+            "dataset_opts": self.dataset_kwargs(cell.dataset),
             "split_seed": self.opts.split_seed,
             "n_boot": self.opts.n_boot,
             "ci": self.opts.ci,
-            "skip_bad_images": self.opts.skip_bad_images,
+            "bootstrap_seed": defaults.BOOTSTRAP_SEED,
+            "plugins": {k: plugin_provenance(k, n) for k, n in
+                        (("model", cell.model), ("task", cell.task), ("dataset", cell.dataset))},
         }
+
+    def execution(self) -> dict[str, Any]:
+        """How the run executed (recorded under provenance, never hashed)."""
+        o = self.opts
+        return {"device": o.device, "shard": list(o.shard) if o.shard else None, "cache_dir": str(self.store.root),
+                "out": str(o.out), "batch_size": o.batch_size, "skip_bad_images": o.skip_bad_images,
+                "overwrite": o.overwrite, "data_root": str(o.root_for("")) if o.root_for("") else None,
+                "data_roots": {k: str(v) for k, v in o.data_roots.items()}}
 
     def run(self, p: Plan) -> RunSummary:
         from dermbench import distributed as ddp
 
         s = self.summary
+        self.params = validate_run(p, self.opts)  # before any dataset is loaded or feature extracted
+        self._planned_datasets = {c.dataset for c in p.cells} | {c.dataset for c, _ in p.skipped}
         p = self.refine(p)
+        self._check_dataset_opts_used()
         for cell, why in p.skipped:
             s.skipped.append((cell, why))
             self.log(f"[yellow]skip[/] {cell.label}: {why}" if self.console else f"skip {cell.label}: {why}")
@@ -295,15 +542,17 @@ class Runner:
         todo: list[tuple[Cell, dict, dict, str]] = []
         if ddp.rank() == 0:
             for cell in shard_cells(p.cells, self.opts.shard):
-                try:
-                    tinfo = reg.task(cell.task).info
-                    params = task_params(tinfo, self.opts.task_params.get(cell.task, {}))
-                except DermbenchError as e:
-                    s.failed.append((cell, str(e)))
-                    continue
+                params = self.params[cell.task]
                 config = self.config_for(cell, params)
-                chash = stable_hash(config)
-                done = self._done_path(cell, chash)
+                chash = stable_hash(config, n=32)
+                try:
+                    done = self._done_path(cell, chash)
+                except Exception as e:  # the dataset does not load: the cell fails with the loader's message
+                    msg = str(e) if isinstance(e, DermbenchError) else f"{type(e).__name__}: {e}"
+                    s.failed.append((cell, msg))
+                    self._write_error(cell, chash, msg, traceback.format_exc())
+                    self.log(f"[red]FAILED[/] {cell.label}: {msg}" if self.console else f"FAILED {cell.label}: {msg}")
+                    continue
                 if done is not None:
                     s.reused.append((cell, done))
                     self.log(f"done already: {cell.label} ({done})")
@@ -318,6 +567,20 @@ class Runner:
             self._run_one(cell, reg.task(cell.task).info, params, config, chash)
         return s
 
+    def _check_dataset_opts_used(self) -> None:
+        """In a multi-dataset run, a bare --dataset-opt that no loaded dataset accepted is an error."""
+        from dermbench import datasets_common
+
+        lenient = self._lenient_dataset_keys()
+        if not lenient or not self._datasets:
+            return
+        ignored = datasets_common.ignored_options()
+        loaded = [n for n in self._datasets if n in self._planned_datasets]
+        unused = sorted(k for k in lenient if loaded and all(k in ignored.get(n, {}) for n in loaded))
+        if unused:
+            valid = "; ".join(f"{n}: {', '.join(ignored[n][unused[0]]) or '-'}" for n in loaded if n in ignored)
+            raise DermbenchError(f"--dataset-opt {unused}: no dataset of this run has such an option ({valid})")
+
     def refine(self, p: Plan) -> Plan:
         """Re-check compatibility against what each dataset really holds once loaded.
 
@@ -325,14 +588,20 @@ class Runner:
         the user's files; their loaded ``Dataset.info`` is the truth. A dataset that fails to load keeps its
         cells, which then fail with the loader's message.
         """
+        from dermbench import datasets_common
+
         reg = plugins.registry()
         names = {c.dataset for c in p.cells} | {c.dataset for c, _ in p.skipped}
+        if not self._planned_datasets:
+            self._planned_datasets = set(names)
         loaded: dict[str, Any] = {}
         for name in sorted(names):
-            if reg.dataset(name).info.needs_root and self.opts.data_root is None:
+            if reg.dataset(name).info.needs_root and self.opts.root_for(name) is None:
                 continue
             try:
                 info = self.dataset(name).info
+            except datasets_common.UnknownDatasetOption:
+                raise  # a usage error, reported before any work
             except Exception:
                 continue
             if info != reg.dataset(name).info:
@@ -349,19 +618,66 @@ class Runner:
             (out.skipped.append((cell, why)) if why else out.cells.append(cell))
         return out
 
+    def _identity_problem(self, rec: ResultRecord, cell: Cell, chash: str) -> str | None:
+        """Why a stored record does not belong to this cell (None when model, task, dataset, seed, config hash
+        and split hash all match)."""
+        for k in ("model", "task", "dataset", "seed"):
+            if getattr(rec, k) != getattr(cell, k):
+                return f"it holds {k}={getattr(rec, k)!r}, the cell has {getattr(cell, k)!r}"
+        if rec.config_hash != chash:
+            return f"its config hash {rec.config_hash[:12]} differs from the cell's {chash[:12]}"
+        ds = self.dataset(cell.dataset)
+        name, h = rec.split.get("name"), rec.split.get("hash")
+        if name not in ds.splits:
+            return f"its split {name!r} is not in the dataset as loaded now ({sorted(ds.splits)})"
+        now = ds.split(name).hash
+        if h != now:
+            return f"its split hash {h} differs from the data's now ({now}): the data changed"
+        return None
+
     def _done_path(self, cell: Cell, chash: str) -> Path | None:
-        """The record of this cell if it counts as done under the overwrite policy."""
-        path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed)
-        if not path.exists() or self.opts.overwrite == "always":
+        """The record of this cell if it counts as done under the overwrite policy.
+
+        ``missing``: the record at the cell's identity path, if it is readable and its identity matches; a
+        malformed one is moved aside (``.bad-<time>``) and recomputed. ``never``: any valid record of the cell,
+        whatever its config. ``always``: none.
+        """
+        if self.opts.overwrite == "always":
             return None
-        old = _try_read(path)
-        if self.opts.overwrite == "never" or (old is not None and old.config_hash == chash):
+        path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed, chash)
+        if self.opts.overwrite == "never":
+            d = cell_dir(self.opts.out, cell.model, cell.task, cell.dataset)
+            for cand in sorted(d.glob(f"seed{cell.seed}*.json"), key=lambda q: q != path):
+                rec = _try_read(cand)
+                if rec is not None and (rec.model, rec.task, rec.dataset, rec.seed) == (
+                        cell.model, cell.task, cell.dataset, cell.seed):
+                    if cand != path:
+                        self.log(f"  --overwrite never: keeping {cand.name} (made with another config)")
+                    return cand
+            return None
+        if not path.exists():
+            return None
+        try:
+            rec = read_record(path)
+        except DermbenchError as e:
+            moved = move_aside(path, "bad")
+            why = f"record unreadable ({e}); moved to {moved.name}, recomputing"
+            self.summary.repaired.append((cell, why))
+            self.log(f"  {cell.label}: {why}")
+            return None
+        problem = self._identity_problem(rec, cell, chash)
+        if problem is None:
             return path
+        moved = move_aside(path, "mismatch")
+        why = f"stored record does not match the cell ({problem}); moved to {moved.name}, recomputing"
+        self.summary.repaired.append((cell, why))
+        self.log(f"  {cell.label}: {why}")
         return None
 
     def _run_one(self, cell: Cell, tinfo: TaskInfo, params: dict, config: dict, chash: str) -> None:
         s = self.summary
-        claim = Claim(record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed).with_suffix(".claim"))
+        path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed, chash)
+        claim = Claim(path.with_suffix(".claim"))
         holder = claim.acquire()
         if holder is not None:
             s.skipped.append((cell, f"claimed by {holder}"))
@@ -388,7 +704,7 @@ class Runner:
         except Exception as e:  # isolation: one failing cell never stops the others
             msg = f"{type(e).__name__}: {e}" if not isinstance(e, DermbenchError) else str(e)
             s.failed.append((cell, msg))
-            self._write_error(cell, msg, traceback.format_exc())
+            self._write_error(cell, chash, msg, traceback.format_exc())
             self.log(f"[red]FAILED[/] {cell.label}: {msg}" if self.console else f"FAILED {cell.label}: {msg}")
         finally:
             claim.release()
@@ -412,11 +728,11 @@ class Runner:
                     self.store.embeddings(bb, ds.split(name), device=self.opts.device, progress=adv)
 
     def run_cell(self, cell: Cell, tinfo: TaskInfo, params: dict[str, Any], config: dict, chash: str) -> ResultRecord:
-        from dermbench import stats
+        from dermbench import api, stats
 
         reg = plugins.registry()
         dataset = self.dataset(cell.dataset)
-        out_dir = artifacts_dir(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed)
+        out_dir = artifacts_dir(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed, chash)
         ctx = CellContext(self, cell.model, dataset, cell.seed, params, out_dir)
         task = reg.task(cell.task).obj(**params)
         _seed_everything(cell.seed)
@@ -424,9 +740,20 @@ class Runner:
         t0 = time.perf_counter()
         output: TaskOutput = task.run(ctx)
         t_task = time.perf_counter() - t0
+        validate = getattr(api, "validate_task_output", None)
+        if callable(validate):
+            validate(output, task=cell.task)
+        preds = output.predictions if isinstance(output.predictions, dict) else {}
+        for key in CHECKED_PREDICTIONS:
+            if key in preds and preds[key] is not None:
+                try:
+                    check_finite(preds[key], f"predictions[{key!r}] of task {cell.task!r} for model "
+                                             f"{cell.model!r} on {cell.dataset}:{output.split.name}")
+                except (TypeError, ValueError):
+                    pass  # non-numeric predictions (captions) are the task's own business
         t1 = time.perf_counter()
         metrics = stats.score(
-            output.predictions, output.metrics, split_hash=output.split.hash,  # fixed bootstrap seed (17.5)
+            output.predictions, output.metrics, split_hash=output.split.hash,  # fixed bootstrap seed (17.5, H4)
             n_boot=self.opts.n_boot, ci=self.opts.ci, strata=output.strata if output.strata is not None else "auto",
         )
         t_stats = time.perf_counter() - t1
@@ -460,6 +787,10 @@ class Runner:
                 **provenance(self.opts.device),
                 "seed": cell.seed,
                 "split_seed": self.opts.split_seed,
+                "protocol": self.opts.protocol,
+                "plugins": config["plugins"],
+                "execution": self.execution(),
+                "created": time.time(),
                 "timings": {"task_seconds": round(t_task, 3), "stats_seconds": round(t_stats, 3)},
                 "feature_cache": {
                     "hits": self.store.stats.hits - hits0,
@@ -471,62 +802,109 @@ class Runner:
             artifacts=[str(a) for a in output.artifacts],
         )
 
-    def _write_error(self, cell: Cell, msg: str, tb: str) -> None:
-        path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed).with_suffix(".error.json")
+    def _write_error(self, cell: Cell, chash: str | None, msg: str, tb: str) -> None:
         try:
-            atomic_write_text(path, json.dumps({"cell": cell.__dict__, "error": msg, "traceback": tb,
-                                                "time": time.time()}, indent=1))
-        except OSError:
+            path = record_path(self.opts.out, cell.model, cell.task, cell.dataset, cell.seed, chash)
+            atomic_write_text(path.with_suffix(".error.json"),
+                              json.dumps({"cell": cell.__dict__, "config_hash": chash, "error": msg, "traceback": tb,
+                                          "time": time.time()}, indent=1))
+        except (OSError, DermbenchError):
             pass
+
+
+def process_start_time(pid: int) -> str | None:
+    """The start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22), or None where unknown.
+
+    Recorded in claims: a live PID whose start time differs is another process that reused the number."""
+    try:
+        raw = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    try:
+        return raw[raw.rindex(")") + 2:].split()[19]  # fields after the command name start at field 3
+    except (ValueError, IndexError):
+        return None
 
 
 class Claim:
     """An exclusive claim file so two shards never run the same cell at once.
 
-    Created with O_EXCL; a claim whose process is gone (same host) or older than DERMBENCH_CLAIM_TTL seconds
-    (default 24 h, other hosts) is stale and taken over, so a crashed shard's cells are picked up on rerun.
+    Created with O_EXCL and holding host, PID, the PID's start time and the creation time. A claim is stale —
+    and taken over, so a crashed shard's cells are picked up on rerun — when its process is gone (same host),
+    when the PID is alive but started at another time (PID reuse), or when it is older than
+    DERMBENCH_CLAIM_TTL seconds (default 24 h; the only test possible for claims of other hosts).
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.owned = False
 
-    def _stale(self, info: dict) -> bool:
+    @staticmethod
+    def ttl() -> float:
+        try:
+            return float(os.environ.get("DERMBENCH_CLAIM_TTL", 24 * 3600))
+        except ValueError:
+            raise DermbenchError(
+                f"DERMBENCH_CLAIM_TTL={os.environ['DERMBENCH_CLAIM_TTL']!r} must be a number of seconds") from None
+
+    def stale_reason(self, info: dict) -> str | None:
         import socket
 
-        ttl = float(os.environ.get("DERMBENCH_CLAIM_TTL", 24 * 3600))
-        if info.get("host") == socket.gethostname():
-            try:
-                os.kill(int(info.get("pid", -1)), 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, ValueError):
-                return False
-            return False
-        return time.time() - float(info.get("time", 0)) > ttl
+        try:
+            age = time.time() - float(info.get("time", 0))
+        except (TypeError, ValueError):
+            return "claim has no valid creation time"
+        if age > self.ttl():
+            return f"claim is {age:.0f}s old (> DERMBENCH_CLAIM_TTL={self.ttl():.0f}s)"
+        if info.get("host") != socket.gethostname():
+            return None
+        try:
+            pid = int(info.get("pid", -1))
+        except (TypeError, ValueError):
+            return "claim has no valid pid"
+        if pid <= 0:
+            return "claim has no valid pid"
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"process {pid} is gone"
+        except PermissionError:
+            pass  # alive, another user's
+        start = info.get("start")
+        now = process_start_time(pid)
+        if start is not None and now is not None and str(start) != now:
+            return f"PID {pid} now belongs to another process (start time {now} != {start})"
+        return None
 
     def acquire(self) -> str | None:
         """None when the claim is ours; otherwise 'host:pid' of the live holder."""
         import socket
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
+        for _ in range(5):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 try:
                     info = json.loads(self.path.read_text() or "{}")
-                except (OSError, json.JSONDecodeError):
+                except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                     info = {}
-                if info and not self._stale(info):
+                if not isinstance(info, dict):
+                    info = {}
+                if info and self.stale_reason(info) is None:
                     return f"{info.get('host')}:{info.get('pid')}"
-                if not info and time.time() - self.path.stat().st_mtime < 5:  # being written right now
+                try:
+                    mtime = self.path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if not info and time.time() - mtime < 5:  # being written right now
                     time.sleep(0.2)
                     continue
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "start": process_start_time(os.getpid()),
+                           "time": time.time()}, f)
             self.owned = True
             return None
         return "unknown (claim file keeps changing)"
@@ -577,6 +955,7 @@ def execute(p: Plan, opts: RunOptions, console: Any = None, quiet: bool = False)
     """Run a plan; under torchrun, all ranks extract features together and rank 0 runs the tasks."""
     from dermbench import distributed as ddp
 
+    validate_run(p, opts)  # usage errors before the process group or any folder exists
     opts.device = ddp.init_from_env(opts.device)
     r = Runner(opts, console=console if ddp.rank() == 0 else None, quiet=quiet or ddp.rank() != 0)
     os.makedirs(opts.out, exist_ok=True)

@@ -142,7 +142,10 @@ def seeded_split(
         _compare(dataset, path, stored, computed, user_file=True)
         used = stored
     else:
-        path = cache_dir() / "splits" / f"{dataset}-seed{int(split_seed)}-{cfg_hash}.json"
+        from dermbench.results import encode_name
+
+        # the name may come from a user option (generic loaders): encoded, so it never leaves the cache folder
+        path = cache_dir() / "splits" / f"{encode_name(dataset)}-seed{int(split_seed)}-{cfg_hash}.json"
         if path.exists():
             stored = read_split_file(path, dataset)
             _compare(dataset, path, stored, computed, user_file=False)

@@ -281,6 +281,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
             raise DermbenchError(f"cannot read safetensors file {p}: {e}. Re-download it.") from e
     import argparse
 
+    kind = _sniff(p)
+    if kind is not None:
+        raise DermbenchError(
+            f"weights file {p} is not a checkpoint ({kind}): dermbench reads safetensors files or PyTorch "
+            "state dicts saved with torch.save. Pass the checkpoint file itself."
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(p, map_location="cpu", weights_only=True)
@@ -289,13 +295,37 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         if "weights_only" in msg or "Unsupported global" in msg or "UnpicklingError" in type(e).__name__:
             glob = re.search(r"GLOBAL ([\w.]+)", msg)
             what = f" (it pickles {glob.group(1)})" if glob else ""
+            # never advise unpickling it here: that would run whatever code the file carries
             raise DermbenchError(
-                f"checkpoint {p} cannot be loaded safely{what}: dermbench only reads tensors "
-                "(torch.load(weights_only=True)) or safetensors. Convert it once on a trusted machine: "
-                "python -c \"import torch, safetensors.torch as s; sd=torch.load('IN.pth', weights_only=False); "
-                "sd=sd.get('model', sd); s.save_file({k: v.contiguous() for k, v in sd.items()}, 'OUT.safetensors')\""
+                f"checkpoint {p} cannot be loaded safely{what}: dermbench only reads tensors (a plain state dict "
+                "saved with torch.save) or safetensors, and never unpickles other objects. Ask the publisher for a "
+                "safetensors file or a plain state dict (torch.save(model.state_dict(), 'OUT.pth')), or export one "
+                "yourself from a copy of the model you trust."
             ) from e
-        raise DermbenchError(f"cannot read checkpoint {p}: {type(e).__name__}: {e}") from e
+        raise DermbenchError(
+            f"cannot read checkpoint {p}: {type(e).__name__}: {e}. It is not a PyTorch or safetensors checkpoint, "
+            "or it is damaged: re-download it."
+        ) from e
+
+
+def _sniff(p: Path) -> str | None:
+    """Why ``p`` is obviously not a checkpoint (empty, text), or None (zip/pickle: let torch.load decide)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+    if not head:
+        return "it is empty"
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch.save) or a legacy pickle
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it is a text file starting with {text[:40]!r}"
+    return None
 
 
 def _is_state_dict(obj: Any) -> bool:

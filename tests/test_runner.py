@@ -82,7 +82,7 @@ def test_run_writes_records_and_extracts_features_once(tmp_path, counting):
     assert counting.images == n
     for cell, path in s.done:
         rec = read_record(path)
-        assert rec.schema_version == "1.0"
+        assert rec.schema_version == "2.0" and rec.config["model"] == "counting-vit"
         m = rec.metrics["auroc_macro"]
         assert m["ci_low"] <= m["value"] <= m["ci_high"] and m["n_boot"] == 200
         assert len(rec.predictions["ids"]) == rec.split["n"] == len(rec.predictions["y_true"])
@@ -128,7 +128,7 @@ def test_failing_cell_is_isolated_and_recorded(tmp_path, counting):
     s = runner.run(["dinov2-s", "counting-vit"], ["retrieval"], ["dermsynth"], _opts(tmp_path), quiet=True)
     assert [c.model for c, _ in s.done] == ["counting-vit"]
     assert len(s.failed) == 1 and "dinov2-s" in s.failed[0][1] and "DERMBENCH_WEIGHTS_DINOV2_S" in s.failed[0][1]
-    err = record_path(tmp_path / "results", "dinov2-s", "retrieval", "dermsynth", 0).with_suffix(".error.json")
+    [err] = record_path(tmp_path / "results", "dinov2-s", "retrieval", "dermsynth", 0).parent.glob("seed0-*.error.json")
     assert "no weights" in json.loads(err.read_text())["error"]
 
 
@@ -163,8 +163,8 @@ def test_shards_partition_the_plan():
 
 
 def test_record_roundtrip_and_schema_guard(tmp_path):
-    rec = ResultRecord(model="m", task="t", dataset="d", seed=0, config={}, config_hash="x",
-                       metrics={"acc": {"value": float("nan")}}, predictions={"ids": ["a"]}, split={"name": "test"},
+    rec = ResultRecord(model="m", task="t", dataset="d", seed=0, config={}, config_hash="ab12",
+                       metrics={"acc": {"value": float("nan")}}, predictions={"ids": ["a"]}, split={"name": "test", "hash": "h"},
                        model_info={}, dataset_info={}, provenance={})
     p = write_record(tmp_path, rec)
     back = read_record(p)
@@ -233,7 +233,7 @@ def test_killed_run_resumes_without_redoing_or_corrupting(tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     recs = sorted(out.rglob("seed*.json"))
-    assert len(recs) == 6
+    assert len(recs) == 6, [str(r.relative_to(out)) for r in recs]
     assert first.stat().st_mtime_ns == mtime  # finished cell not redone
 
 

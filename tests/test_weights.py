@@ -201,3 +201,19 @@ def test_load_into_lists_keys():
     ok = dict(m.state_dict())
     ok["extra.thing"] = torch.zeros(1)
     load_into(m, ok, "toy.pth", ignore_unexpected=[r"^extra\."])  # declared-ignorable keys pass
+
+
+def test_refused_pickle_never_advises_unpickling_and_text_weights_are_named(tmp_path):
+    """15.8: the refusal must not suggest weights_only=False (that would run the payload); a text file given
+    as weights names the file instead of failing with KeyError: 101."""
+    bad = tmp_path / "bad.pth"
+    torch.save({"w": torch.ones(1), "x": Evil()}, bad)
+    with pytest.raises(DermbenchError) as e:
+        read_checkpoint(bad)
+    assert "weights_only=False" not in str(e.value) and "state dict" in str(e.value)
+    txt = _file(tmp_path / "notes.pth", b"these are my notes, not weights\n")
+    with pytest.raises(DermbenchError, match=r"notes\.pth is not a checkpoint \(it is a text file"):
+        read_checkpoint(txt)
+    empty = _file(tmp_path / "empty.pt", b"")
+    with pytest.raises(DermbenchError, match="it is empty"):
+        read_checkpoint(empty)

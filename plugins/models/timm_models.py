@@ -142,7 +142,8 @@ def load_timm(info: ModelInfo, spec: TimmSpec, weights: Any = None, device: str 
         if weights is not None:
             from dermbench.api import DermbenchError
 
-            raise DermbenchError(f"model {info.name!r} is a random-init baseline; it takes no --weights (use --seed)")
+            raise DermbenchError(f"model {info.name!r} is a random-init baseline; it takes no --weights "
+                                 "(its init is set by --model-opt seed=N, not by --seed)")
         model = create_timm(spec.arch, seed=seed, **kwargs)
         return TimmBackbone(info, model, f"random:{seed}").to(device)
     hub = HubSource(spec.hub_repo, files=("model.safetensors", "pytorch_model.bin")) if spec.hub_repo else None

@@ -51,6 +51,8 @@ INFO = TaskInfo(
               "batch_size": 16, "val_fraction": 0.2, "patience": 3, "lora_r": 8, "lora_alpha": 16,
               "lora_dropout": 0.0, "lora_targets": ["qkv"], "hflip": True, "max_train": None,
               "train_split": "train", "test_split": "test"},
+    option_ranges={"epochs": (1, None), "batch_size": (1, None), "lr": (0, None), "val_fraction": (0, 0.9),
+                   "patience": (0, None), "lora_r": (1, None)},
     in_all=False,  # forward+backward through the backbone: run it by name, not with --task all
 )
 

@@ -67,6 +67,9 @@ DEFAULTS = {
     "train_split": "train",
     "test_split": "test",
 }
+#: declarative checks applied by the runner before any work (dermbench.api.TaskInfo.option_ranges)
+OPTION_RANGES = {"epochs": (1, None), "batch_size": (1, None), "max_len": (1, None), "num_beams": (1, None),
+                 "lora_r": (1, None), "visual_tokens": (0, None)}
 
 INFO = TaskInfo(
     name="captioning",
@@ -77,6 +80,7 @@ INFO = TaskInfo(
     metrics=METRICS,
     primary_metric="mean:cider",
     defaults=DEFAULTS,
+    option_ranges=OPTION_RANGES,
     available=not _MISSING,
     unavailable_reason=f"missing {', '.join(_MISSING)}: pip install 'dermbench[caption]'" if _MISSING else "",
 )

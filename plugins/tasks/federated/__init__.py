@@ -84,6 +84,8 @@ INFO = TaskInfo(
         "single_class_sites": "exclude", "engine": "simulation", "round_timeout": 600.0,
         "train_split": "train", "test_split": "test",
     },
+    option_ranges={"rounds": (1, None), "local_epochs": (1, None), "batch_size": (1, None), "lr": (0, None),
+                   "fraction_fit": (0, 1), "fraction_evaluate": (0, 1), "proximal_mu": (0, None)},
     available=FL_AVAILABLE,
     unavailable_reason="" if FL_AVAILABLE else "Flower is not installed: pip install 'dermbench[fl]'",
 )

@@ -50,6 +50,10 @@ DEFAULTS: dict[str, Any] = {
     "train_split": "train",
     "test_split": "test",
 }
+#: declarative checks applied by the runner before any work (dermbench.api.TaskInfo.option_ranges)
+OPTION_RANGES: dict[str, Any] = {"epochs": (1, None), "batch_size": (1, None), "lr": (0, None), "size": (16, None),
+                                 "decoder_channels": (1, None), "n_overlays": (0, None),
+                                 "head": frozenset({"linear", "upernet"})}
 
 INFO = TaskInfo(
     name="segmentation",
@@ -60,6 +64,7 @@ INFO = TaskInfo(
     metrics=("dice", "jaccard"),
     primary_metric="dice",
     defaults=DEFAULTS,
+    option_ranges=OPTION_RANGES,
 )
 
 #: the UperNet protocol as its own task name, so linear and UperNet results are separate cells (and columns)
@@ -71,6 +76,7 @@ INFO_UPERNET = TaskInfo(
     metrics=INFO.metrics,
     primary_metric=INFO.primary_metric,
     defaults={**DEFAULTS, "head": "upernet"},
+    option_ranges=OPTION_RANGES,
     in_all=False,  # a UperNet decoder trained for 20 epochs is minutes per model even on a GPU-less laptop
 )
 
