@@ -16,12 +16,18 @@ from dermbench_plugins.tasks.label_efficiency.curves import CURVE_DEFAULTS, CURV
 INFO = TaskInfo(
     name="retrieval",
     description="cosine kNN on frozen embeddings, k=5 majority vote; scores = vote fractions (DermINO protocol); "
-    "train_fraction=[...] / shots=[...] with draws=N give a label-efficiency curve",
+    "train_fraction=[...] / shots=[...] with draws=N give a label-efficiency curve; tie_break=similarity|lowest "
+    "(class ties in the vote: larger summed similarity, or the lowest label as scikit-learn / the DermINO authors)",
     requires=frozenset({"labels"}),
     capabilities=frozenset({"cls"}),
     metrics=CLASSIFICATION_METRICS,
     primary_metric="auroc_macro",
-    defaults={"k": 5, "train_split": "train", "test_split": "test", "index": "exact", **CURVE_DEFAULTS},
+    defaults={"k": 5, "train_split": "train", "test_split": "test", "index": "exact", "tie_break": "similarity",
+              **CURVE_DEFAULTS},
+    option_ranges={"tie_break": frozenset({"similarity", "lowest"}), "k": (1, None), "draws": (1, None)},
+    # the DermINO authors score sklearn KNeighborsClassifier(5): same neighbours and vote fractions, ties ->
+    # lowest label; PanDerm reports no kNN, so its preset keeps dermbench's default
+    protocols={"dermino": {"tie_break": "lowest"}, "panderm": {}},
 )
 
 
@@ -147,8 +153,9 @@ def knn_search(tr, te, k: int, index: str = "exact", chunk: int = 1024, device: 
 
 
 def knn_predict(train_x, train_y, test_x, k: int, n_cls: int, chunk: int = 1024, index: str = "exact",
-                device: str = "cpu"):
-    """Vote fractions (n, C) and predictions; ties between classes go to the larger summed similarity.
+                device: str = "cpu", tie_break: str = "similarity"):
+    """Vote fractions (n, C) and predictions; ties between classes go to the larger summed similarity
+    (``tie_break='lowest'``: to the lowest label, scikit-learn's rule).
 
     Neighbours: highest cosine similarity first, ties by training index (see ``knn_search`` for backends).
     """
@@ -165,6 +172,8 @@ def knn_predict(train_x, train_y, test_x, k: int, n_cls: int, chunk: int = 1024,
         votes[rows, lab[:, j]] += 1.0
         simsum[rows, lab[:, j]] += top[:, j]
     scores = votes / k
+    if tie_break == "lowest":
+        return scores, votes.argmax(axis=1)  # first maximal class = lowest label
     # argmax of votes, then of summed similarity (|simsum| <= k, so it only breaks ties)
     key = votes * 1e6 + simsum
     y_pred = key.argmax(axis=1)
@@ -175,8 +184,13 @@ class Retrieval:
     info = INFO
 
     def __init__(self, k: int = 5, train_split: str = "train", test_split: str = "test", train_fraction=None,
-                 shots=None, draws: int = 5, curve_boot=None, reach=None, index: str = "exact"):
+                 shots=None, draws: int = 5, curve_boot=None, reach=None, index: str = "exact",
+                 tie_break: str = "similarity"):
         self.k, self.train_split, self.test_split = int(k), train_split, test_split
+        if tie_break not in ("similarity", "lowest"):
+            raise DermbenchError(f"retrieval.tie_break={tie_break!r}: use similarity (default) or lowest "
+                                 "(scikit-learn's / the DermINO authors' rule)")
+        self.tie_break = tie_break
         if index not in INDEXES:
             raise DermbenchError(f"retrieval.index={index!r} is unknown: use one of {', '.join(INDEXES)} "
                                  "(exact is the default; faiss-hnsw is approximate)")
@@ -193,10 +207,10 @@ class Retrieval:
         xtr, xte = ctx.features(train), ctx.features(test)
         # the record says which search ran: only faiss-hnsw is approximate
         extra: dict = {"k": self.k, "n_train": len(train), "index": self.index,
-                       "index_exact": self.index != "faiss-hnsw"}
+                       "index_exact": self.index != "faiss-hnsw", "tie_break": self.tie_break}
         if self.index == "torch":
             extra["index_device"] = str(ctx.device)
-        knn = dict(index=self.index, device=ctx.device)
+        knn = dict(index=self.index, device=ctx.device, tie_break=self.tie_break)
         if self.settings:
             curve, scores, y_pred = curve_output(
                 ctx, train, test, ytr, yte, lambda pos: knn_predict(xtr[pos], ytr[pos], xte, self.k, C, **knn),
