@@ -7,7 +7,8 @@ Where the weights come from (first hit wins):
    prefixes, chunked blocks);
 2. ``DERMBENCH_WEIGHTS_DERMINO``;
 3. the newest checkpoint of ``dermbench pretrain --preset demo`` in
-   ``$DERMBENCH_HOME/checkpoints/dermino-demo/`` (``DERMBENCH_HOME`` defaults to dermbench's cache folder).
+   ``$DERMBENCH_CACHE/checkpoints/dermino-demo/`` (default ``~/.cache/dermbench``; ``DERMBENCH_HOME`` is a
+   deprecated alias).
 """
 
 from __future__ import annotations
@@ -20,17 +21,37 @@ from typing import Any
 
 from dermbench.api import DermbenchError, ModelInfo, Preprocess, WeightsUnavailable
 
+#: what the released DermINO ViT-B/14 was pretrained on, in dermbench's dataset names (aliases match variants:
+#: isic2016 -> isic2016-seg, fitzpatrick17k -> fitzpatrick17k-2/3/9, derm7pt -> derm7pt-clinic/-derm, ham10000 ->
+#: ham10000-seg/dermamnist). The authors used the train splits of each with labels, but published no split
+#: lists, so any of dermbench's test images may have been seen: the leaderboard flags every one as overlap.
+#: SkinCAP is listed because its images are Fitzpatrick17k's and DDI's. The authors' label map
+#: (ssl_meta_arch.get_mask_dict) also has SD-198 and DermNet label sets, listed for completeness.
+RELEASE_TRAINED_ON = ("isic2016", "isic2017", "isic2018", "ham10000", "scin", "pad-ufes-20", "fitzpatrick17k",
+                      "ddi", "derm7pt", "ph2", "acne04", "mednode", "skincap", "sd-198", "dermnet")
+RELEASE_ENV = "DERMBENCH_WEIGHTS_DERMINO_RELEASE"
+RELEASE_URL = "https://drive.google.com/file/d/1-v8N6LNISdcF7SGYpTNq5W9szoiyZGRJ/view"
 META_FILE = "dermino.json"
 EXPORT_FILE = "teacher_backbone.safetensors"
 ENV = "DERMBENCH_WEIGHTS_DERMINO"
 
 
-def _home() -> Path:
-    if os.environ.get("DERMBENCH_HOME"):
+def dermino_home() -> Path:
+    """dermbench's cache folder (``$DERMBENCH_CACHE``, else ``~/.cache/dermbench``); demo checkpoints go to
+    ``<cache>/checkpoints/dermino-demo``. ``DERMBENCH_HOME`` is a deprecated alias, read only when
+    ``DERMBENCH_CACHE`` is unset, so that one variable names dermbench's home everywhere."""
+    if not os.environ.get("DERMBENCH_CACHE") and os.environ.get("DERMBENCH_HOME"):
+        import warnings
+
+        warnings.warn("DERMBENCH_HOME is deprecated: set DERMBENCH_CACHE (dermbench's one cache/home variable)",
+                      DeprecationWarning, stacklevel=2)
         return Path(os.environ["DERMBENCH_HOME"]).expanduser()
     from dermbench.api import cache_dir
 
     return cache_dir()
+
+
+_home = dermino_home
 
 
 def demo_dir() -> Path:
@@ -87,7 +108,23 @@ def peek_info(info: ModelInfo) -> ModelInfo:
     except DermbenchError:
         return info
     meta = read_meta(path)
-    return info_from_meta(info, meta) if meta else info
+    if meta:
+        return info_from_meta(info, meta)
+    return replace(info, trained_on=RELEASE_TRAINED_ON)  # DERMBENCH_WEIGHTS_DERMINO names a foreign/released file
+
+
+def resolve_release(weights: str | os.PathLike[str] | None = None) -> Path:
+    """The released DermINO ``teacher_checkpoint.pth``: ``--weights`` or ``DERMBENCH_WEIGHTS_DERMINO_RELEASE``."""
+    raw, via = (str(weights), "--weights") if weights else (os.environ.get(RELEASE_ENV, ""), RELEASE_ENV)
+    if raw:
+        p = Path(raw).expanduser()
+        if p.is_file():
+            return p
+        raise DermbenchError(f"{via} {p} is not a file (expected the released DermINO teacher_checkpoint.pth)")
+    raise WeightsUnavailable(
+        f"dermino-release needs the authors' DermINO_Base ViT-B/14 weights (CC BY-NC-ND 4.0): download them from "
+        f"{RELEASE_URL} (linked from github.com/zxq-kd/DermINO), then pass --weights PATH or set {RELEASE_ENV}=PATH."
+    )
 
 
 def info_from_meta(info: ModelInfo, meta: dict[str, Any]) -> ModelInfo:
@@ -136,8 +173,8 @@ def load_dermino(info: ModelInfo, weights: Any = None, device: str = "cpu", **_:
     vit, arch, file = load_vit(path, info.image_size)
     meta = read_meta(path) if path.is_dir() else None
     info2 = info_from_meta(info, meta) if meta else replace(  # a released/foreign checkpoint
-        info, embed_dim=arch["embed_dim"], patch_size=arch["patch_size"], trained_on=("dermino-release",),
-        description=f"{info.description} [weights: {path.name}; pretraining data not itemised by the release]")
+        info, embed_dim=arch["embed_dim"], patch_size=arch["patch_size"], trained_on=RELEASE_TRAINED_ON,
+        description=f"{info.description} [weights: {path.name}; pretrained on {len(RELEASE_TRAINED_ON)} public sets]")
     return TimmBackbone(info2, vit, "sha256:" + file_sha256(file)).to(device)
 
 
@@ -160,3 +197,13 @@ def load_dermino_random(info: ModelInfo, weights: Any = None, device: str = "cpu
         vit = build_vit(arch)
     info2 = info_from_meta(info, meta) if meta else info
     return TimmBackbone(replace(info2, random_init=True, trained_on=()), vit, f"random:{seed}").to(device)
+
+
+def load_release(info: ModelInfo, weights: Any = None, device: str = "cpu", **_: Any) -> Any:
+    """The released DermINO ViT-B/14 teacher (DINOv2 layout), position table resampled to ``info.image_size``."""
+    from dermbench.api import TimmBackbone, file_sha256
+
+    path = resolve_release(weights)
+    vit, arch, file = load_vit(path, info.image_size)
+    info2 = replace(info, embed_dim=arch["embed_dim"], patch_size=arch["patch_size"])
+    return TimmBackbone(info2, vit, "sha256:" + file_sha256(file)).to(device)

@@ -47,10 +47,38 @@ DERMINO_RANDOM = ModelInfo(
 )
 
 
+def _release_info() -> ModelInfo:
+    from dermino_model.backbone import RELEASE_TRAINED_ON, RELEASE_URL
+
+    return ModelInfo(
+        name="dermino-release",
+        family="DermINO",
+        source="custom",
+        embed_dim=768,
+        patch_size=14,
+        preprocess=Preprocess(crop=224, resize=224, **IMAGENET),
+        capabilities=frozenset({"cls", "patch_tokens"}),
+        weights=(f"teacher_checkpoint.pth (DermINO_Base, {RELEASE_URL}); --weights or DERMBENCH_WEIGHTS_DERMINO_RELEASE",),
+        license="CC-BY-NC-ND-4.0",
+        commercial_use=False,
+        trained_on=RELEASE_TRAINED_ON,
+        citation=CITATION,
+        description="the authors' released DermINO ViT-B/14 teacher; pretrained with labels on the train splits "
+                    "of 13 public dermatology sets (no split lists published), so every overlapping test set is flagged",
+        embed_note="CLS token of the released teacher after the final LayerNorm",
+    )
+
+
 def _load(info: ModelInfo, weights=None, device: str = "cpu", **opts):
     from dermino_model.backbone import load_dermino
 
     return load_dermino(info, weights=weights, device=device, **opts)
+
+
+def _load_release(info: ModelInfo, weights=None, device: str = "cpu", **opts):
+    from dermino_model.backbone import load_release
+
+    return load_release(info, weights=weights, device=device, **opts)
 
 
 def _load_random(info: ModelInfo, weights=None, device: str = "cpu", **opts):
@@ -70,6 +98,20 @@ def register_models(register):
 
     rnd = replace(rnd, trained_on=(), random_init=True, description=DERMINO_RANDOM.description)
     register(rnd, partial(_load_random, rnd))
+    rel = _release_info()
+    register(rel, partial(_load_release, rel))
+
+
+@hookimpl
+def register_demo(register):
+    """``dermbench demo`` pretrains the small demo checkpoint on dermsynth when none exists yet."""
+
+    def prepare(log):
+        from dermino_model.demo import ensure_demo_checkpoint
+
+        ensure_demo_checkpoint(log=log)
+
+    register("dermino-demo-checkpoint", prepare)
 
 
 @hookimpl
@@ -81,14 +123,20 @@ def register_commands(app):
         preset: Optional[str] = typer.Option(None, "--preset", help="smoke | demo | paper (default demo, or the "
                                                                    "config file's preset)"),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of options (overrides preset)"),
-        output: Optional[Path] = typer.Option(None, "--output", "-o", help="checkpoint folder (default "
-                                              "$DERMBENCH_HOME/checkpoints/dermino-<preset>)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="checkpoint folder (default "
+                                           "$DERMBENCH_CACHE/checkpoints/dermino-<preset>)"),
+        output: Optional[Path] = typer.Option(None, "--output", hidden=True, help="deprecated alias of --out"),
         set_: List[str] = typer.Option([], "--set", help="option=value overrides, e.g. --set sup_weight=0"),
         max_steps: int = typer.Option(0, "--max-steps", help="override the schedule length in steps"),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from the newest checkpoint"),
         device: str = typer.Option("auto", "--device"),
         leakage: Optional[str] = typer.Option(None, "--leakage", help="refuse | warn | drop | off"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+        dry_run: bool = typer.Option(False, "--dry-run", "--print-config",
+                                     help="print the effective configuration and schedule lengths (iterations) "
+                                          "beside the authors' values, then exit: no data, no GPU"),
+        gpus: Optional[int] = typer.Option(None, "--gpus", help="processes assumed by --dry-run for the global "
+                                           "batch and scaled lr (default $WORLD_SIZE, or 8 for the paper presets)"),
     ) -> None:
         """DermINO hybrid pretraining (DINOv2 + iBOT + KoLeo + supervised prototypes). Multi-GPU:
         `torchrun --nproc_per_node N $(which dermbench) pretrain --preset paper --config data.yaml`."""
@@ -105,8 +153,18 @@ def register_commands(app):
             overrides["device"] = device
         if leakage:
             overrides["leakage"] = leakage
-        cfg = build_config(preset if preset or config else "demo", config, overrides)
-        summary = run_pretraining(cfg, output, resume=resume, progress=not quiet)
+        cfg = build_config(preset if preset or config else "demo", config, overrides, require_sources=not dry_run)
+        if dry_run:
+            from dermino_model.config import describe
+
+            print(describe(cfg, gpus))
+            return
+        if output is not None:
+            import warnings
+
+            warnings.warn("`dermbench pretrain --output` is deprecated: use --out", DeprecationWarning, stacklevel=1)
+            out = out or output
+        summary = run_pretraining(cfg, out, resume=resume, progress=not quiet)
         last = summary.get("last", {})
         short = {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}
         print(json.dumps({"checkpoint": summary.get("checkpoint"), "step": summary["step"],

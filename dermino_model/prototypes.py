@@ -57,7 +57,7 @@ def get_text_encoder(name: str) -> tuple[str, TextEncoder]:
             try:
                 enc = _ENCODERS[cand]()
             except DermbenchError as e:
-                missing.append(f"{cand}: {str(e).split('(')[0].strip()}")
+                missing.append(f"{cand} is not available locally" if "not available" in str(e) else f"{cand}: {e}")
                 continue
             prov = dict(getattr(enc, "provenance", {}), requested="auto")
             if missing:

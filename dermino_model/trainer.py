@@ -36,12 +36,10 @@ _SUMMED = ("masked_tokens", "known_labels")  # counts over the global batch; oth
 
 
 def dermino_home() -> Path:
-    """``$DERMBENCH_HOME`` or dermbench's cache folder; demo checkpoints go to ``<home>/checkpoints/dermino-demo``."""
-    if os.environ.get("DERMBENCH_HOME"):
-        return Path(os.environ["DERMBENCH_HOME"]).expanduser()
-    from dermbench.api import cache_dir
+    """dermbench's cache folder; see :func:`dermino_model.backbone.dermino_home`."""
+    from dermino_model.backbone import dermino_home as home
 
-    return cache_dir()
+    return home()
 
 
 def default_output_dir(preset: str) -> Path:
@@ -71,7 +69,8 @@ def step_losses(student: Any, teacher: SSLModel, batch: dict, cfg: PretrainConfi
     ibot = L.ibot_patch_loss(s_out["patch_logits"], t_patch, batch["masks_weight"], glob.shape[0], cfg.student_temp)
     koleo = sum(L.koleo_loss(c) for c in s_out["cls"].chunk(n_global)) if cfg.koleo_weight else glob.new_zeros(())
     if "sup_logits" in s_out:
-        sup = L.masked_bce(s_out["sup_logits"], batch["targets"], batch["known"], global_count=True)
+        sup = L.masked_bce(s_out["sup_logits"], batch["targets"], batch["known"], global_count=True,
+                           per_crop=getattr(cfg, "sup_normalisation", "per_entry") == "per_crop")
     else:
         sup = glob.new_zeros(())
     total = cfg.dino_weight * dino + cfg.ibot_weight * ibot + cfg.koleo_weight * koleo + cfg.sup_weight * sup
@@ -184,7 +183,11 @@ class Trainer:
         self.notes += leakage_guard(pset, cfg.leakage, against, roots, cfg.leakage_hamming,
                                     cfg.leakage_pixel_tol)
         self.pset = pset
-        self.space = merge_labels(pset.label_sources, cfg.text_encoder, cfg.merge_threshold)
+        self.space = merge_labels(pset.label_sources, cfg.text_encoder, cfg.merge_threshold, cfg.prototype_vector)
+        fallback = self.space.meta.get("provenance", {}).get("fallback")
+        if fallback:
+            self.notes.append(f"text encoder: {fallback}")
+            log.warning("prototype text encoder: %s", fallback)
         y, known = label_matrices(pset.items, self.space)
         n_classes = len(self.space.classes)
         self.notes.append(f"{len(pset.items)} images, {n_classes} merged classes "
@@ -264,8 +267,10 @@ class Trainer:
         if torch.cuda.is_available() and self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         save_file(rng, str(tmp / "rng.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.teacher.backbone.vit.state_dict().items()},
-                  str(tmp / EXPORT_FILE), metadata={"format": "timm-vit", "step": str(self.step)})
+        from dermino_model.vit import export_state_dict
+
+        save_file(export_state_dict(self.teacher.backbone), str(tmp / EXPORT_FILE),
+                  metadata={"format": "timm-vit+mask_token", "step": str(self.step)})
         if self.student_raw.prototypes is not None:
             save_file({"weight": self.student_raw.prototypes.weight.detach().cpu().contiguous()},
                       str(tmp / "prototypes.safetensors"))
