@@ -131,7 +131,8 @@ def info_from_meta(info: ModelInfo, meta: dict[str, Any]) -> ModelInfo:
     arch = meta["arch"]
     trained = tuple(dict.fromkeys(s.get("dataset", s.get("folder", "?")) for s in meta["config"].get("sources", [])))
     return replace(info, embed_dim=int(arch["embed_dim"]), patch_size=int(arch["patch_size"]),
-                   preprocess=replace(info.preprocess, crop=int(arch["img_size"]), resize=int(arch["img_size"])),
+                   preprocess=replace(info.preprocess, crop=int(arch["img_size"]),  # the authors' 256/224 ratio
+                                      resize=int(round(int(arch["img_size"]) * 256 / 224))),
                    trained_on=trained or info.trained_on,
                    description=f"{info.description} [checkpoint: {arch['arch']} depth {arch['depth']} "
                                f"dim {arch['embed_dim']}, step {meta.get('step')}]")

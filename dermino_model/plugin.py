@@ -19,7 +19,7 @@ DERMINO = ModelInfo(
     source="custom",
     embed_dim=768,
     patch_size=14,
-    preprocess=Preprocess(crop=224, resize=224, **IMAGENET),
+    preprocess=Preprocess(crop=224, resize=256, **IMAGENET),  # the authors' eval: resize 256 bicubic -> crop 224
     capabilities=frozenset({"cls", "patch_tokens"}),
     weights=("dermbench pretrain --preset demo", "teacher_checkpoint.pth (DermINO release, ViT-B/14)"),
     license="unknown",
@@ -37,7 +37,7 @@ DERMINO_RANDOM = ModelInfo(
     source="custom",
     embed_dim=768,
     patch_size=14,
-    preprocess=Preprocess(crop=224, resize=224, **IMAGENET),
+    preprocess=Preprocess(crop=224, resize=256, **IMAGENET),  # the authors' eval: resize 256 bicubic -> crop 224
     capabilities=frozenset({"cls", "patch_tokens"}),
     license="Apache-2.0",
     commercial_use=True,
@@ -56,7 +56,7 @@ def _release_info() -> ModelInfo:
         source="custom",
         embed_dim=768,
         patch_size=14,
-        preprocess=Preprocess(crop=224, resize=224, **IMAGENET),
+        preprocess=Preprocess(crop=224, resize=256, **IMAGENET),  # the authors' eval: resize 256 bicubic -> crop 224
         capabilities=frozenset({"cls", "patch_tokens"}),
         weights=(f"teacher_checkpoint.pth (DermINO_Base, {RELEASE_URL}); --weights or DERMBENCH_WEIGHTS_DERMINO_RELEASE",),
         license="CC-BY-NC-ND-4.0",
