@@ -95,6 +95,10 @@ class FeatureStore:
             k["amp"] = self.amp
         if self.channels_last:
             k["channels_last"] = True
+        from dermbench.results import plugin_provenance  # 16.6: upgrading a plugin never reuses its stale features
+
+        k["plugins"] = {"model": plugin_provenance("model", backbone.info.name),
+                        "dataset": plugin_provenance("dataset", split.dataset.name)}
         return k
 
     def _entry_dir(self, key: dict) -> Path:
@@ -203,6 +207,8 @@ class FeatureStore:
                 return got
             with self.lock(key):
                 got = self.read(key, ids)  # the process we waited for may have written it
+                if got is None and self._merge_parts(key, ids):  # shards of an --extract-only array job
+                    got = self.read(key, ids)
                 if got is not None:
                     self.stats.hits += 1
                     return got
@@ -254,6 +260,97 @@ class FeatureStore:
                                      f"under {self.root} (full? another process deleting it?)")
             return got
         return arrays
+
+    # ---------------------------------------------------------------- sharded extraction (Slurm arrays)
+    @staticmethod
+    def shard_rows(n: int, batch_size: int, shard: tuple[int, int]) -> tuple[int, int]:
+        """Rows [lo, hi) of shard i of N (1-based): a contiguous run of whole batches, so bits match one process."""
+        i, N = shard
+        nb = -(-n // batch_size)
+        return min(n, (i - 1) * nb // N * batch_size), min(n, i * nb // N * batch_size)
+
+    def _parts_dir(self, key: dict, N: int) -> Path:
+        d = self._entry_dir(key)
+        return d.with_name(f"{d.name}.parts") / f"of{N}"
+
+    def extract_shard(self, backbone: Backbone, split: Split, shard: tuple[int, int], device: str = "cpu",
+                      progress: Any = None) -> str:
+        """Embed shard i of N of the split's rows into a part of the entry; the last part to finish merges.
+
+        For array jobs over one huge split: every task writes its rows to ``<entry>.parts/ofN/i``; whoever
+        finds all N parts present assembles the entry (streamed, under the entry lock) and removes the parts,
+        and a later run that finds complete parts merges them itself. Returns 'hit', 'part' or 'merged'.
+        """
+        key, ids = self.key(backbone, split, "embed"), split.ids
+        i, N = shard
+        if not 1 <= i <= N:
+            raise DermbenchError(f"shard {i}/{N}: need 1 <= i <= N")
+        if self.read(key, ids) is not None:
+            self.stats.hits += 1
+            return "hit"
+        lo, hi = self.shard_rows(len(ids), self.batch_size, shard)
+        part = self._parts_dir(key, N) / str(i)
+        with self.lock({**key, "part": f"{i}/{N}"}):
+            if hi > lo and not (part / "index.json").exists():
+                self.stats.misses += 1
+                t0 = time.perf_counter()
+                w = _EntryWriter(part, hi - lo)
+                try:
+                    extract(backbone, split, lambda x: [backbone.embed(x)], device=device,
+                            batch_size=self.batch_size, num_threads=self.num_threads, progress=progress,
+                            sink=lambda b, arrs: w.add(b, arrs), workers=self.workers, amp=self.amp,
+                            channels_last=self.channels_last, rows=(lo, hi))
+                    w.commit({**key, "rows": [lo, hi], "shard": [i, N]}, ids[lo:hi])
+                finally:
+                    w.abort()
+                self.stats.extract_seconds += time.perf_counter() - t0
+                self.stats.images_forwarded += hi - lo
+            elif hi <= lo:  # more shards than batches: an empty part still counts as done
+                part.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(part / "index.json", json.dumps({**key, "rows": [lo, hi], "shard": [i, N]}))
+        with self.lock(key):
+            return "merged" if self._merge_parts(key, ids, N) else "part"
+
+    def _merge_parts(self, key: dict, ids: Sequence[str], N: int | None = None) -> bool:
+        """Assemble the entry from a complete set of parts (call under the entry lock); False if incomplete."""
+        import numpy as np
+
+        root = self._entry_dir(key).with_name(self._entry_dir(key).name + ".parts")
+        if not root.exists():
+            return False
+        if self.read(key, ids) is not None:
+            return True
+        for pd in sorted(root.glob("of*")) if N is None else [root / f"of{N}"]:
+            n_parts = int(pd.name[2:])
+            metas = []
+            for i in range(1, n_parts + 1):
+                try:
+                    metas.append(json.loads((pd / str(i) / "index.json").read_text()))
+                except (OSError, json.JSONDecodeError):
+                    break
+            if len(metas) != n_parts:
+                continue
+            rows = [m["rows"] for m in metas]
+            if rows[0][0] != 0 or rows[-1][1] != len(ids) or any(a[1] != b[0] for a, b in zip(rows, rows[1:])):
+                continue  # parts from another split size or batch size: not ours
+            w = _EntryWriter(self._entry_dir(key), len(ids))
+            try:
+                for i, (lo, hi) in enumerate(rows, 1):
+                    if hi <= lo:
+                        continue
+                    part = pd / str(i)
+                    if np.load(part / "ids.npy", allow_pickle=False).tolist() != list(ids[lo:hi]):
+                        raise DermbenchError(f"feature part {part} holds other images than rows {lo}:{hi} of "
+                                             f"{key['dataset']}:{key['split']}; delete {root} and rerun")
+                    arrs = [np.load(part / f"a{j}.npy", mmap_mode="r") for j in range(int(metas[i - 1]["arrays"]))]
+                    for b in range(0, hi - lo, 4096):  # stream: a few MB at a time, never the whole split
+                        w.add(lo + b, [np.asarray(a[b : b + 4096]) for a in arrs])
+                w.commit(key, ids)
+            finally:
+                w.abort()
+            shutil.rmtree(root, ignore_errors=True)
+            return True
+        return False
 
     # ---------------------------------------------------------------- cache management
     def entries(self) -> list[dict]:
@@ -355,6 +452,7 @@ def extract(
     workers: int | None = None,
     amp: str | None = None,
     channels_last: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> list["np.ndarray"] | None:
     """Run ``fn`` over the split in batches; image decoding/preprocessing overlaps the forward pass.
 
@@ -365,7 +463,8 @@ def extract(
     the concatenated arrays are returned. ``workers`` > 0 decodes in DataLoader worker processes (default: 0 on
     CPU, i.e. threads, the free cores on CUDA) with pinned memory and non-blocking copies; ``amp`` ('bf16' or
     'fp16') runs the forward under autocast and ``channels_last`` converts the batch layout. The batches are
-    the same whatever the loader, so the defaults give the same bits as before.
+    the same whatever the loader, so the defaults give the same bits as before. ``rows=(lo, hi)`` extracts
+    only those rows (``lo`` a multiple of ``batch_size``: the batches of a whole-split run, hence its bits).
     """
     import numpy as np
     import torch
@@ -373,6 +472,10 @@ def extract(
     from dermbench import distributed as ddp
 
     samples = split.samples
+    if rows is not None:
+        if rows[0] % batch_size:
+            raise DermbenchError(f"rows start {rows[0]} is not a multiple of batch_size {batch_size}")
+        samples = samples[rows[0] : rows[1]]
     tf = backbone.transform
 
     def load_batch(lo: int):

@@ -246,3 +246,31 @@ def test_concurrent_extraction_of_the_same_features_runs_one_forward_pass(tmp_pa
     stats = sorted(o[0].strip().splitlines()[-1] for o in outs)
     assert sum("misses=1" in s for s in stats) == 1 and sum("hits=1 waits=1" in s for s in stats) == 1, stats
     assert len({s.split("sum=")[1] for s in stats}) == 1  # both hold the same features
+
+
+def test_sharded_extraction_parts_merge_into_the_single_process_entry(tmp_path):
+    bb, split = _synth(40)  # 20 training images, 5 batches of 4, over 3 shards: 1 + 2 + 2 batches
+    ref = extract(bb, split, lambda x: [bb.embed(x)], batch_size=4)[0]
+    st = FeatureStore(tmp_path, batch_size=4)
+    assert [st.shard_rows(20, 4, (i, 3)) for i in (1, 2, 3)] == [(0, 4), (4, 12), (12, 20)]
+    assert st.extract_shard(bb, split, (3, 3)) == "part"
+    assert st.extract_shard(bb, split, (1, 3)) == "part"
+    assert st.read(st.key(bb, split, "embed"), split.ids) is None  # incomplete: no entry yet
+    assert st.extract_shard(bb, split, (2, 3)) == "merged"  # the last shard assembles the entry
+    assert st.stats.images_forwarded == 20
+    assert np.array_equal(st.read(st.key(bb, split, "embed"), split.ids)[0], ref)  # bit-identical to one process
+    assert not list(tmp_path.rglob("*.parts")) and not list(tmp_path.rglob("*.tmp"))
+    assert st.extract_shard(bb, split, (2, 3)) == "hit"
+    # parts left complete but unmerged (the merging shard was killed) are merged by the next reader
+    st2 = FeatureStore(tmp_path / "b", batch_size=4)
+    key = st2.key(bb, split, "embed")
+    parts = st2._parts_dir(key, 2)
+    for i, (lo, hi) in enumerate([st2.shard_rows(20, 4, (1, 2)), st2.shard_rows(20, 4, (2, 2))], 1):
+        w_dir = parts / str(i)
+        w_dir.mkdir(parents=True)
+        np.save(w_dir / "a0.npy", ref[lo:hi])
+        np.save(w_dir / "ids.npy", np.asarray(split.ids[lo:hi]))
+        (w_dir / "index.json").write_text(json.dumps({**key, "rows": [lo, hi], "arrays": 1}))
+    got = st2.embeddings(bb, split)
+    assert np.array_equal(got, ref) and st2.stats.images_forwarded == 0 and st2.stats.hits == 1  # no forward pass
+    assert not (parts.parent).exists()
