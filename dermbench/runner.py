@@ -775,7 +775,8 @@ class Runner:
                 "name": minfo.name, "family": minfo.family, "source": minfo.source, "embed_dim": minfo.embed_dim,
                 "license": minfo.license, "commercial_use": minfo.commercial_use, "trained_on": list(minfo.trained_on),
                 "weights_id": bb.weights_id if bb is not None else None, "random_init": minfo.random_init,
-                "preprocess": minfo.preprocess.key(),
+                # the LOADED backbone's preprocessing (a checkpoint may fix another size than the registry's)
+                "preprocess": (getattr(getattr(bb, "info", None), "preprocess", None) or minfo.preprocess).key(),
             },
             dataset_info={
                 "name": dataset.info.name, "license": dataset.info.license,
