@@ -288,6 +288,8 @@ def variant_loader(load: Any, variant: str, doc: str) -> Any:
         return load(variant, root, **opts)
 
     loader.__name__ = "load_" + variant.replace("-", "_")
+    if getattr(load, "accepted_options", None) is not None:
+        loader.accepted_options = load.accepted_options  # type: ignore[attr-defined]
     loader.__doc__ = doc
     return loader
 

@@ -94,6 +94,10 @@ class RunOptions:
     skip_bad_images: bool = False
     shard: tuple[int, int] | None = None  # (i, n), 1-based i
     protocol: str = DEFAULT_PROTOCOL
+    extract_only: bool = False  # fill the feature cache only; with shard: this shard's rows of every split
+    extract_workers: int | None = None  # DataLoader decode workers (None: threads on CPU, free cores on CUDA)
+    amp: str | None = None  # bf16 | fp16 autocast during extraction (changes features: keyed and hashed)
+    channels_last: bool = False  # channels-last input layout during extraction (keyed and hashed)
 
     def root_for(self, dataset: str) -> Path | None:
         # a view <dataset>:<view> (dermbench.views) reads its base dataset's files
@@ -304,7 +308,34 @@ def validate_run(p: Plan, opts: RunOptions) -> dict[str, dict[str, Any]]:
         stray = sorted(set(targeted) - names)
         if stray:
             raise DermbenchError(f"{what} given for {stray}, which are not in this run ({', '.join(sorted(names))})")
+    _check_declared_dataset_options(opts, sorted({c.dataset for c in cells}))
     return {t: resolve_task_params(reg.task(t).info, opts.task_params.get(t, {}), opts.protocol) for t in tasks}
+
+
+def _check_declared_dataset_options(opts: RunOptions, datasets: Sequence[str]) -> None:
+    """Dataset options checked against what loaders declare (``loader.accepted_options``, set by
+    ``dataset_options`` or by the plugin) before anything is loaded: a targeted key must be accepted by its
+    dataset; a bare key by at least one dataset of the run (every one, when the run has a single dataset)."""
+    reg = plugins.registry()
+    common, targeted = _route(opts.dataset_opts, datasets, reg.datasets)
+    declared = {d: getattr(reg.dataset(d).obj, "accepted_options", None) for d in datasets}
+
+    def fail(keys: list[str], d: str) -> None:
+        raise DermbenchError(f"dataset {d!r} has no option(s) {keys}; it accepts "
+                             f"{', '.join(declared[d]) or 'none'} (--dataset-opt key=value, or {d}.key=value)")
+
+    for d, given in targeted.items():
+        if declared.get(d) is not None and set(given) - set(declared[d]):
+            fail(sorted(set(given) - set(declared[d])), d)
+    if not common or any(declared[d] is None for d in datasets):
+        return
+    unused = sorted(k for k in common if not any(k in declared[d] for d in datasets))
+    if unused:
+        if len(datasets) == 1:
+            fail(unused, datasets[0])
+        raise DermbenchError(
+            f"--dataset-opt {unused}: no dataset of this run has such an option ("
+            + "; ".join(f"{d}: {', '.join(declared[d]) or '-'}" for d in datasets) + ")")
 
 
 def _weights_identity(path: str | None, info: ModelInfo) -> str:
@@ -403,7 +434,8 @@ def _check_split(split: Any, method: str) -> None:
 class Runner:
     def __init__(self, opts: RunOptions, console: Any = None, quiet: bool = False):
         self.opts = opts
-        self.store = FeatureStore(opts.cache_dir, batch_size=opts.batch_size)
+        self.store = FeatureStore(opts.cache_dir, batch_size=opts.batch_size, workers=opts.extract_workers,
+                                  amp=opts.amp, channels_last=opts.channels_last, log=lambda m: self.log(m))
         self.console = console
         self.quiet = quiet
         self._backbones: dict[str, Backbone] = {}
@@ -517,6 +549,9 @@ class Runner:
             "bootstrap_seed": defaults.BOOTSTRAP_SEED,
             "plugins": {k: plugin_provenance(k, n) for k, n in
                         (("model", cell.model), ("task", cell.task), ("dataset", cell.dataset))},
+            # only when set, so default runs keep their hashes: reduced precision changes the features
+            **({"amp": self.opts.amp} if self.opts.amp else {}),
+            **({"channels_last": True} if self.opts.channels_last else {}),
         }
 
     def execution(self) -> dict[str, Any]:
@@ -535,6 +570,8 @@ class Runner:
         self._planned_datasets = {c.dataset for c in p.cells} | {c.dataset for c, _ in p.skipped}
         p = self.refine(p)
         self._check_dataset_opts_used()
+        if self.opts.extract_only:
+            return self._extract_only(p)
         for cell, why in p.skipped:
             s.skipped.append((cell, why))
             self.log(f"[yellow]skip[/] {cell.label}: {why}" if self.console else f"skip {cell.label}: {why}")
@@ -708,6 +745,37 @@ class Runner:
             self.log(f"[red]FAILED[/] {cell.label}: {msg}" if self.console else f"FAILED {cell.label}: {msg}")
         finally:
             claim.release()
+
+    def _extract_only(self, p: Plan) -> RunSummary:
+        """--extract-only: embed every split the planned cells need; with --shard i/n only that shard's rows.
+
+        For array jobs over huge datasets: n tasks each extract a contiguous 1/n of every split's batches into
+        the shared feature store; the last to finish merges the parts into the entry that a later
+        ``dermbench run`` (same options, no --shard) reads without a forward pass.
+        """
+        from dermbench import distributed as ddp
+
+        if ddp.is_active() and self.opts.shard:
+            raise DermbenchError("--extract-only --shard runs one process per array task: drop torchrun or --shard")
+        reg = plugins.registry()
+        seen: set[tuple[str, str]] = set()
+        for cell in p.cells:
+            if (cell.model, cell.dataset) in seen or "cls" not in reg.task(cell.task).info.capabilities:
+                continue
+            seen.add((cell.model, cell.dataset))
+            ds, bb = self.dataset(cell.dataset), self.backbone(cell.model)
+            for name in sorted(ds.splits):
+                split = ds.split(name)
+                with self.progress(f"features {cell.model} / {cell.dataset}:{name}", len(split)) as adv:
+                    if self.opts.shard and not ddp.is_active():
+                        state = self.store.extract_shard(bb, split, self.opts.shard, device=self.opts.device,
+                                                         progress=adv)
+                    else:
+                        self.store.embeddings(bb, split, device=self.opts.device, progress=adv)
+                        state = "done"
+                self.log(f"features {cell.model} / {cell.dataset}:{name}"
+                         f"{f' shard {self.opts.shard[0]}/{self.opts.shard[1]}' if self.opts.shard else ''}: {state}")
+        return self.summary
 
     def _preextract(self, cells: list[Cell]) -> None:
         """All ranks extract the embeddings of every (model, dataset) split the cells need, together."""

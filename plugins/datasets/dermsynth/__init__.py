@@ -146,6 +146,10 @@ def load_severity(root: Any = None, *, n: int = 400, size: int = 224, seed: int 
     return load("severity", root, n=n, size=size, seed=seed, split_seed=split_seed, **opts)
 
 
+#: declared so the runner checks --dataset-opt keys before loading anything
+load_diagnosis.accepted_options = load_severity.accepted_options = tuple(OPTIONS)  # type: ignore[attr-defined]
+
+
 @hookimpl
 def register_datasets(register):
     register(DIAGNOSIS_INFO, load_diagnosis)
