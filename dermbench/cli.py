@@ -122,7 +122,15 @@ def run(
     ci: str = typer.Option(CI_METHOD, "--ci", help="percentile | bca | paper (the DermINO μ ± v, labelled)"),
     commercial_only: bool = typer.Option(False, "--commercial-only", help="only models/datasets licensed for commercial use"),
     skip_bad_images: bool = typer.Option(False, "--skip-bad-images", help="skip unreadable images (counted in provenance)"),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run a deterministic 1/n of the planned cells"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: run a deterministic 1/n of the planned cells "
+                                        "(with --extract-only: extract 1/n of every split's images)"),
+    extract_only: bool = typer.Option(False, "--extract-only",
+                                      help="only fill the feature cache (Slurm array step before the tasks)"),
+    extract_workers: Optional[int] = typer.Option(None, "--extract-workers",
+                                                  help="image-decoding worker processes (default: 0 on CPU, "
+                                                       "free cores on CUDA)"),
+    amp: Optional[str] = typer.Option(None, "--amp", help="bf16 | fp16 autocast for feature extraction on GPUs"),
+    channels_last: bool = typer.Option(False, "--channels-last", help="channels-last layout for extraction"),
     train_fraction: Optional[str] = typer.Option(None, "--train-fraction",
                                                  help="alias of --task-opt train_fraction=... (label-efficiency "
                                                       "curve: fractions of the training labels, e.g. 0.01,0.1,1)"),
@@ -172,6 +180,7 @@ def run(
         dataset_opts=parse_kv(dataset_opt, "--dataset-opt"), model_opts=parse_kv(model_opt, "--model-opt"),
         weights=wmap, cache_dir=cache_dir, batch_size=batch_size, n_boot=n_boot, ci=ci, split_seed=split_seed,
         commercial_only=commercial_only, skip_bad_images=skip_bad_images, shard=shard_t, protocol=protocol,
+        extract_only=extract_only, extract_workers=extract_workers, amp=amp, channels_last=channels_last,
     )
     runner.validate_run(p, opts)  # every option checked before any dataset is loaded or feature extracted
     console = None if quiet else _console()
@@ -394,32 +403,43 @@ def cache_clear(
 
 @app.command()
 def leaderboard(
-    results: Path = typer.Option(Path("results"), "--results", "-r", help="results directory"),
+    results: list[Path] = typer.Option([Path("results")], "--results", "-r",
+                                       help="results folder; repeat to merge folders from several machines"),
     task: Optional[str] = typer.Option(None, "--task"),
     dataset: Optional[str] = typer.Option(None, "--dataset"),
     model: Optional[str] = typer.Option(None, "--model"),
     fmt: str = typer.Option("md", "--format", help="md,csv,json,html (comma-separated)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="write files here (e.g. leaderboards/)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write files here (e.g. leaderboards/); nothing is written elsewhere"),
     ci: str = typer.Option("percentile", "--ci"),
-    correction: str = typer.Option("holm", "--correction", help="holm | bh | none"),
+    correction: str = typer.Option("holm", "--correction", help="holm | bh | none (one family per column)"),
     commercial_only: bool = typer.Option(False, "--commercial-only"),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
+    n_boot: Optional[int] = typer.Option(None, "--n-boot", help="bootstrap replicates (default: the records' own)"),
+    references: Optional[Path] = typer.Option(None, "--references", help="published-numbers table (JSON); default: "
+                                              "the one shipped with dermbench"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="exit 0 even when some records are unreadable"),
 ) -> None:
-    """Tables from stored result records only: CIs, ranks, paired-test markers vs the best (Holm)."""
+    """Boards from stored result records only: main (one primary metric per task and dataset), detail,
+    calibration and fairness boards, rank intervals, paired tests vs the best (one Holm family per column)."""
     from dermbench import leaderboard as lb
     from dermbench.runner import split_names
 
     res = lb.build_leaderboard(
-        results,
+        list(results),
         tasks=split_names(task) if task else None,
         datasets=split_names(dataset) if dataset else None,
         models=split_names(model) if model else None,
         formats=tuple(split_names(fmt)), out=out, ci=ci, correction=correction,
-        commercial_only=commercial_only, plots=plots,
+        commercial_only=commercial_only, plots=plots, n_boot=n_boot, references=references,
     )
     print(res["table"])
     for f in res.get("files", []):
         print(f"wrote {f}")
+    if res["problems"] and not allow_missing:
+        print(f"error: {len(res['problems'])} unreadable or malformed record(s) were left out (listed in the "
+              "board's 'Left out / unreadable' section): re-run those cells or delete the files, or pass "
+              "--allow-missing to accept a board without them", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -428,19 +448,25 @@ def compare(
     model_b: str = typer.Argument(...),
     task: str = typer.Option(..., "--task"),
     dataset: str = typer.Option(..., "--dataset"),
-    results: Path = typer.Option(Path("results"), "--results", "-r"),
+    results: list[Path] = typer.Option([Path("results")], "--results", "-r", help="repeatable"),
     metric: Optional[str] = typer.Option(None, "--metric"),
     test: str = typer.Option("bootstrap", "--test", help="bootstrap | paper-ttest (anti-conservative, labelled)"),
     ci: str = typer.Option("percentile", "--ci"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="compare this training seed only (default: seed means)"),
+    allow_missing: bool = typer.Option(False, "--allow-missing", help="exit 0 even when some records are unreadable"),
 ) -> None:
-    """Paired comparison of two models on identical bootstrap resamples."""
+    """Paired comparison of two models on identical bootstrap resamples (seed means when several seeds)."""
     import json
 
     from dermbench import leaderboard as lb
 
-    res = lb.compare(results, model_a, model_b, task=task, dataset=dataset, metric=metric, test=test, ci=ci, seed=seed)
+    res = lb.compare(list(results), model_a, model_b, task=task, dataset=dataset, metric=metric, test=test, ci=ci,
+                     seed=seed)
     print(json.dumps(res, indent=1, default=str))
+    if res["problems"] and not allow_missing:
+        print(f"error: {len(res['problems'])} unreadable or malformed record(s) under the results folders (listed in "
+              "'problems'); pass --allow-missing to accept", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()

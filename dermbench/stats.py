@@ -486,6 +486,14 @@ def _f_brier(p: Prepared, m: str) -> np.ndarray:
     return np.stack([np.ones(p.n), per], axis=1)
 
 
+def _f_log_loss(p: Prepared, m: str) -> np.ndarray:
+    s = p.scores(m)
+    y = p.array("y_true", m)
+    s = s / s.sum(axis=1, keepdims=True)  # sklearn normalises rows too
+    py = np.clip(s[np.arange(p.n), y], 1e-15, 1.0)
+    return np.stack([np.ones(p.n), -np.log(py)], axis=1)
+
+
 def _mean_of(key: str) -> Callable[[Prepared, str], np.ndarray]:
     def f(p: Prepared, m: str) -> np.ndarray:
         x = p.array(key, m)
@@ -636,6 +644,13 @@ _add(
         "brier", ("y_true", "scores"), _f_brier, _fin_ratio, higher_is_better=False,
         description="multiclass Brier score mean_i sum_c (p_ic - [y_i=c])^2; halved for C=2",
         reference="sklearn brier_score_loss(y, scores, labels=range(C)) (scale_by_half='auto')",
+    )
+)
+_add(
+    _linear_metric(
+        "log_loss", ("y_true", "scores"), _f_log_loss, _fin_ratio, higher_is_better=False,
+        description="mean negative log-probability of the true class (probabilities clipped at 1e-15)",
+        reference="sklearn log_loss(y, scores, labels=range(C))",
     )
 )
 for _key in ("dice", "jaccard"):
