@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from dermbench.results import read_record
 
@@ -24,10 +25,10 @@ def _run_args(ph2: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _cache_arrays(cache: Path) -> dict[str, list[np.ndarray]]:
+    """Every feature entry (a directory of .npy files beside index.json) as its arrays, ids included."""
     out = {}
-    for f in sorted((cache / "features").rglob("*.npz")):
-        with np.load(f) as z:
-            out[f.name] = [z[k] for k in sorted(z.files)]
+    for idx in sorted((cache / "features").rglob("index.json")):
+        out[idx.parent.name] = [np.load(f) for f in sorted(idx.parent.glob("*.npy"))]
     return out
 
 
@@ -69,3 +70,34 @@ def test_concurrent_runs_share_one_results_dir_each_cell_once(tmp_path, shared_d
     recs = sorted(out.rglob("seed*.json"))
     assert len(recs) == 6 and all(read_record(p).model == "random-vit" for p in recs)
     assert not list(out.rglob("*.claim"))
+
+
+@pytest.mark.slow  # five CLI processes (three concurrent)
+def test_slurm_recipe_three_array_tasks_fill_one_store_then_tasks_forward_nothing(tmp_path):
+    """examples/slurm/extract_1m.sbatch in miniature: 3 array tasks run `--extract-only --shard i/3` at once
+    into one cache, then one `run` computes the tasks from that store and `leaderboard` reads the records."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    args = ["run", "--model", "random-vit", "--task", "retrieval", "--dataset", "dermsynth",
+            "--dataset-opt", "n=36", "--dataset-opt", "size=32", "--batch-size", "4", "--cache-dir", str(cache),
+            "--out", str(out), "--n-boot", "50"]
+    procs = [subprocess.Popen([str(BIN / "dermbench"), *args, "--extract-only", "--shard", f"{i}/3"], env=_env(cache),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2, 3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    logs = "".join(o for o, _ in outs)
+    assert logs.count(": merged") == 2  # train and test each assembled once, by whichever shard finished last
+    assert not list(out.rglob("seed*.json"))  # extraction only: no task ran
+    entries = _cache_arrays(cache)
+    assert len(entries) == 2 and not list(cache.rglob("*.parts"))
+    assert sorted(len(a[-1]) for a in entries.values()) == [18, 18]  # ids.npy: all rows of each split
+    r = subprocess.run([str(BIN / "dermbench"), *args, "--quiet"], env=_env(cache), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [read_record(p) for p in sorted(out.rglob("seed*.json"))]
+    assert len(recs) == 1
+    for rec in recs:
+        fc = rec.provenance["feature_cache"]
+        assert fc["images_forwarded"] == 0 and fc["misses"] == 0 and fc["hits"] >= 1, fc
+    lb = subprocess.run([str(BIN / "dermbench"), "leaderboard", "--results", str(out), "--out", str(tmp_path / "lb")],
+                        env=_env(cache), capture_output=True, text=True, timeout=600)
+    assert lb.returncode == 0, lb.stderr[-2000:]
