@@ -89,4 +89,4 @@ def test_demo_command_runs_and_prints_the_compact_leaderboard(tmp_path):
     table = [line for line in r.stdout.splitlines() if line.startswith("| random-vit |")]
     assert table and "probe/dermsynth auroc_macro" in r.stdout
     md = (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()
-    assert "retrieval/dermsynth/f1_macro" in md and (tmp_path / "demo" / "leaderboard" / "leaderboard.html").exists()
+    assert "Retrieval · DermSynth · macro F1" in md and (tmp_path / "demo" / "leaderboard" / "leaderboard.html").exists()

@@ -126,17 +126,17 @@ def test_dermsynth_planted_skin_tone_gap_detected_and_absent_without_gap(tmp_pat
                               split_hash=planted["split"]["hash"], seed=0, n_boot=200)
     assert same["diff"] == 0 and same["p_value"] == 1.0
 
-    # leaderboard: gap columns (lower is better) with paired tests; the fairness plot, one line per model
+    # leaderboard: a fairness board (per-group values, gap with its projection interval and permutation p, worst
+    # group, EOD) -- never gap columns on the main board, and a gap is never "best"
     lb = leaderboard.build_leaderboard(tmp_path / "g1.0" / "r", out=tmp_path / "lb", formats=("json",), plots=False)
-    cols = {c["metric"]: c for c in lb["data"]["columns"]}
-    assert {"gap:auroc_macro@fitzpatrick", "worst:auroc_macro@fitzpatrick", "gap:ece@fitzpatrick",
-            "eod@fitzpatrick", "gap:auroc_macro@fitzpatrick+sex"} <= set(cols)
-    col = cols["gap:auroc_macro@fitzpatrick"]
-    assert col["higher_is_better"] is False and cols["worst:auroc_macro@fitzpatrick"]["higher_is_better"] is True
-    cells = {r["model"]: r["cells"][col["key"]] for r in lb["data"]["rows"]}
-    assert cells["test-lesion-stats"]["value"] == pytest.approx(planted["metrics"][gap_name]["value"])
-    loser = [m for m, c in cells.items() if not c["best"]]
-    assert len(loser) == 1 and cells[loser[0]]["p"] is not None  # paired gap test against the smaller gap
+    assert not any(c["metric"].startswith(("gap:", "worst:", "eod@")) for c in lb["data"]["columns"])
+    rows = {(r["model"], r["attribute"], r["metric"]): r for r in lb["data"]["fairness"]}
+    assert {("test-lesion-stats", "fitzpatrick", "auroc_macro"), ("test-lesion-stats", "fitzpatrick+sex", "auroc_macro"),
+            ("test-mean-colour", "fitzpatrick", "ece")} <= set(rows)
+    row = rows[("test-lesion-stats", "fitzpatrick", "auroc_macro")]
+    assert row["gap"] == pytest.approx(planted["metrics"][gap_name]["value"]) and row["gap_ci_method"] == "projection"
+    assert row["gap_ci"] == pytest.approx([planted["metrics"][gap_name]["ci_low"], planted["metrics"][gap_name]["ci_high"]])
+    assert row["worst_group"] == "56" and set(row["groups"]) == {"12", "34", "56"} and "best" not in row
     files = fairness_plot(load_records(tmp_path / "g1.0" / "r"), tmp_path / "plots")
     names = sorted(p.name for p in files)
     assert "fairness_dermsynth_fitzpatrick.png" in names and "fairness_dermsynth_fitzpatrick+sex.svg" in names
