@@ -28,6 +28,8 @@ import numpy as np
 
 from dermbench.api import DermbenchError
 
+#: threshold-free operating points: every binary result can list them (probe, retrieval, transfer)
+OP_CURVE_METRICS = ("sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95", "auprc")
 OP_METRICS = ("sens@spec90", "sens@spec95", "spec@sens90", "spec@sens95", "auprc", "sens@thr", "spec@thr")
 THRESHOLD_RULES = ("youden", "sens90", "sens95", "spec90", "spec95")
 _BLOCK_BYTES = 32 << 20
@@ -99,7 +101,7 @@ def _curve_metric(name: str, fn) -> Any:
             vals[sl] = weighted(p, W)[0]
         return vals, None
 
-    return stats.Metric(name, ("op_y|y_true", "op_score|scores"), weighted, jackknife, higher_is_better=True,
+    return stats.Metric(name, ("y_true", "scores"), weighted, jackknife, higher_is_better=True,
                         description=DESCRIPTIONS[name], reference=REFERENCES.get(name, ""))
 
 
@@ -175,6 +177,11 @@ def _thr_metric(name: str, positive: int) -> Any:
 
     return stats.Metric(name, ("op_pred",), weighted, jackknife, higher_is_better=True,
                         description=DESCRIPTIONS[name])
+
+
+def operating_point_names(n_classes: int) -> list[str]:
+    """The threshold-free operating-point metrics a task with ``n_classes`` classes should list (binary only)."""
+    return list(OP_CURVE_METRICS) if int(n_classes) == 2 else []
 
 
 def operating_point_metric(name: str) -> Any:

@@ -296,17 +296,3 @@ def _summary_line(head: str, e: dict[str, Any]) -> str:
 @hookimpl
 def register_tasks(register):
     register(INFO, Transfer)
-
-
-def _resolve_metric(name: str):
-    """Operating-point metrics (sens@spec95, spec@sens95, auprc, sens@thr, ...): see dermbench.operating_points."""
-    if name not in OP_METRICS:
-        return None
-    from dermbench.api import operating_point_metric
-
-    return operating_point_metric(name)
-
-
-@hookimpl
-def register_metrics(register):
-    register(_resolve_metric)
