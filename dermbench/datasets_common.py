@@ -534,24 +534,39 @@ def dataset_options(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
 
 
 def check_contained(rows: Sequence[Row], root: Path | str, dataset: str, allow_outside: bool = False) -> list[Row]:
-    """Refuse image/mask paths that resolve (symlinks and ``..`` included) outside the data root.
+    """Refuse image/mask paths from metadata that lead outside the data root.
 
-    A metadata file naming ``../x.jpg`` or a symlink out of the folder would otherwise make a benchmark read
-    files the user never pointed it at. ``--dataset-opt allow_outside_root=true`` opts in explicitly.
+    A metadata file naming ``../x.jpg`` or an absolute path would otherwise make a benchmark read files the
+    user never pointed it at. Paths must stay inside the root lexically; a path with a ``..`` component is
+    also resolved with its symlinks (``imgs/link/../../x`` cannot climb out through a linked folder). A
+    symlink that the root's owner placed inside the root is followed: a folder of links into a shared copy of
+    a dataset is a normal layout. ``--dataset-opt allow_outside_root=true`` opts out explicitly.
     """
     rows = list(rows)
     if allow_outside:
         return rows
-    base = Path(root).expanduser().resolve()
+    base_lex = os.path.abspath(os.path.expanduser(str(root)))
+    base_real = os.path.realpath(base_lex)
+
+    def inside(path: str, base: str) -> bool:
+        return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
     for r in rows:
         for kind, f in (("image", r.image), ("mask", r.mask)):
             if not isinstance(f, (str, Path)):
                 continue
-            full = Path(f).expanduser().resolve()
-            if full != base and base not in full.parents:
+            raw = os.path.expanduser(str(f))
+            full = raw if os.path.isabs(raw) else os.path.join(base_lex, raw)
+            lex = os.path.normpath(full)
+            ok = inside(lex, base_lex)
+            if ok and ".." in Path(full).parts:
+                real = os.path.realpath(full)
+                ok = inside(real, base_real) or inside(real, base_lex)
+                lex = real
+            if not ok:
                 raise DermbenchError(
-                    f"{dataset}: the {kind} of sample {r.id!r} ({f}) resolves to {full}, outside the data root "
-                    f"{base} (a '..' or absolute path in the metadata, or a symlink). Fix the path, or pass "
+                    f"{dataset}: the {kind} of sample {r.id!r} ({f}) leads to {lex}, outside the data root "
+                    f"{base_lex} (a '..' or absolute path in the metadata). Fix the path, or pass "
                     "--dataset-opt allow_outside_root=true if reading outside the root is intended."
                 )
     return rows

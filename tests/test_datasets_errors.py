@@ -146,11 +146,8 @@ def test_metadata_without_any_image(shared_data, tmp_path):
         pad_ufes20.load_pad_ufes20(root)
 
 
-def test_unknown_dataset_option_is_reported_not_swallowed(shared_data, caplog):
-    import logging
-
-    with caplog.at_level(logging.WARNING, logger="dermbench.datasets"):
-        ds = ph2.load_ph2(shared_data / "ph2", tabel="xlsx")
-    assert len(ds) == 45
-    msg = " ".join(r.getMessage() for r in caplog.records)
-    assert "ignoring unknown dataset option(s) ['tabel']" in msg and "'table'" in msg
+def test_unknown_dataset_option_is_an_error_listing_the_valid_ones(shared_data):
+    with pytest.raises(DermbenchError, match=r"has no option\(s\) \['tabel'\]; it accepts .*table"):
+        ph2.load_ph2(shared_data / "ph2", tabel="xlsx")
+    assert "table" in ph2.load_ph2.accepted_options
+    assert len(ph2.load_ph2(shared_data / "ph2", table="xlsx")) == 45

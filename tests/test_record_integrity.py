@@ -280,13 +280,20 @@ def test_15_7_reads_never_escape_the_data_root(tmp_path, monkeypatch):
     (root / "a.csv").write_text("\n".join(rows + [f"../secret.png,{files[0].parent.name}"]) + "\n")
     with pytest.raises(DermbenchError, match=r"secret\.png.*outside the data root.*allow_outside_root=true"):
         load_csv(root, csv="a.csv")
-    link = root / "imgs" / "link.png"
-    link.symlink_to(outside)
-    (root / "b.csv").write_text("\n".join(rows + [f"imgs/link.png,{files[0].parent.name}"]) + "\n")
+    (root / "b.csv").write_text("\n".join(rows + [f"{outside},{files[0].parent.name}"]) + "\n")  # absolute
     with pytest.raises(DermbenchError, match="outside the data root"):
         load_csv(root, csv="b.csv")
-    ds = load_csv(root, csv="b.csv", allow_outside_root="true")  # explicit opt-in
+    elsewhere = tmp_path / "elsewhere" / "deep"
+    elsewhere.mkdir(parents=True)
+    (root / "imgs" / "linkdir").symlink_to(elsewhere)  # climbing out through a linked folder
+    (root / "c.csv").write_text("\n".join(rows + [f"imgs/linkdir/../../secret.png,{files[0].parent.name}"]) + "\n")
+    with pytest.raises(DermbenchError, match="outside the data root"):
+        load_csv(root, csv="c.csv")
+    ds = load_csv(root, csv="a.csv", allow_outside_root="true")  # explicit opt-in
     assert len(ds) == len(files) + 1
+    (root / "imgs" / "link.png").symlink_to(outside)  # a link the root's owner placed: followed
+    (root / "d.csv").write_text("\n".join(rows + [f"imgs/link.png,{files[0].parent.name}"]) + "\n")
+    assert len(load_csv(root, csv="d.csv")) == len(files) + 1
     # a derived name never reaches the file system
     with pytest.raises(DermbenchError, match=r"'\.\./\.\./x' cannot be used"):
         plugins.registry().dataset("folder").obj(root / "imgs", name="../../x")
