@@ -139,26 +139,24 @@ def cache_images(pset: PretrainSet) -> None:
 
 
 def phash(image: Any) -> int:
-    """64-bit DCT perceptual hash: 32x32 grey, 2-D DCT-II, 8x8 lowest frequencies thresholded at their median."""
-    from PIL import Image
-    from scipy.fft import dctn
+    """64-bit DCT perceptual hash: the one ``dermbench audit`` uses (``dermbench.api.phash``), so both agree."""
+    from dermbench.api import phash as shared_phash
 
-    g = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = dctn(g, norm="ortho")[:8, :8].reshape(-1)
-    bits = low > np.median(low[1:])
-    return int(sum(1 << i for i, b in enumerate(bits) if b))
+    return shared_phash(image)
 
 
 def thumbnail(image: Any) -> np.ndarray:
-    """24x24 RGB box-filtered thumbnail (uint8): the second, pixel-level test of a pHash candidate pair."""
-    from PIL import Image
+    """24x24 RGB thumbnail confirming a pHash candidate pair (``dermbench.api.thumbnail``, shared with the audit)."""
+    from dermbench.api import thumbnail as shared_thumbnail
 
-    return np.asarray(image.convert("RGB").resize((24, 24), Image.Resampling.BOX), dtype=np.uint8)
+    return shared_thumbnail(image)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances between uint64 hash arrays: (len(a), len(b))."""
-    return np.bitwise_count(a[:, None] ^ b[None, :]).astype(np.int32)
+    """Pairwise Hamming distances between uint64 hash arrays: (len(a), len(b)) (``dermbench.api.hamming``)."""
+    from dermbench.api import hamming as shared_hamming
+
+    return shared_hamming(a, b)
 
 
 def eval_test_hashes(datasets: Sequence[str], roots: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
@@ -198,6 +196,8 @@ def leakage_guard(pset: PretrainSet, policy: str, against: Sequence[str], roots:
     fast), then mean absolute difference of 24x24 RGB thumbnails <= ``pixel_tol`` (of 255). The second test
     is needed because a 64-bit grey pHash of "dark blob centred on skin" collides between different lesions.
     """
+    from dermbench.api import near_duplicates
+
     if policy == "off":
         return ["leakage guard off"]
     test_h, test_t, test_ids, notes = eval_test_hashes(against, roots)
@@ -209,11 +209,10 @@ def leakage_guard(pset: PretrainSet, policy: str, against: Sequence[str], roots:
     for start in range(0, len(pset.items), chunk):
         imgs = [it.load() for it in pset.items[start : start + chunk]]
         h = np.array([phash(im) for im in imgs], dtype=np.uint64)
-        d = hamming(h, test_h)
-        for i, j in zip(*np.nonzero(d <= max_distance)):
-            mad = float(np.abs(thumbnail(imgs[i]).astype(np.float32) - test_t[j]).mean() / 255.0)
-            if mad <= pixel_tol:
-                hits.append((start + int(i), int(j), int(d[i, j]), mad))
+        th = np.stack([thumbnail(im) for im in imgs])
+        # the audit's matcher (dermbench.api.near_duplicates): pHash distance, then thumbnail confirmation
+        for i, j, d, mad in near_duplicates(h, th, test_h, test_t, max_distance, pixel_tol):
+            hits.append((start + i, j, d, mad))
     n_pre = len(pset.items)
     if not hits:
         return notes + [f"leakage guard: {n_pre} pretraining vs {len(test_h)} test images, no near-duplicates "

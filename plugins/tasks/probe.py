@@ -190,8 +190,10 @@ class Probe:
             scores, y_pred = self.fit_predict(xtr, ytr, xte, C, ctx.seed)
         extra.update(self.fit_info)
         arts = calibration_artifacts(ctx, yte, scores)
-        return TaskOutput(predictions(test, yte, scores, y_pred), list(CLASSIFICATION_METRICS), test,
-                          extra=extra, artifacts=arts)
+        from dermbench.api import operating_point_names  # binary results: clinical operating points (issue 18)
+
+        return TaskOutput(predictions(test, yte, scores, y_pred), list(CLASSIFICATION_METRICS)
+                          + operating_point_names(C), test, extra=extra, artifacts=arts)
 
 
 @hookimpl

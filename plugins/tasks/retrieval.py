@@ -220,8 +220,10 @@ class Retrieval:
         else:
             scores, y_pred = knn_predict(xtr, ytr, xte, self.k, C, **knn)
         arts = calibration_artifacts(ctx, yte, scores)
-        return TaskOutput(predictions(test, yte, scores, y_pred), list(CLASSIFICATION_METRICS), test,
-                          extra=extra, artifacts=arts)
+        from dermbench.api import operating_point_names  # binary results: clinical operating points (issue 18)
+
+        return TaskOutput(predictions(test, yte, scores, y_pred), list(CLASSIFICATION_METRICS)
+                          + operating_point_names(C), test, extra=extra, artifacts=arts)
 
 
 @hookimpl
