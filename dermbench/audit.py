@@ -418,3 +418,34 @@ def main(datasets: Sequence[str], *, data_root: Path | None = None, data_roots: 
         f"{sum(a['pairs'] for a in rep['across'])} across-dataset, "
         f"{sum(p['pairs'] for p in rep['pretraining'])} pretraining pairs in {rep['seconds']} s -> {out}/audit.json")
     return rep
+
+
+# --------------------------------------------------------------------------------------------------
+# Evidence for the leaderboard's overlap column
+
+
+def overlap_evidence(path: Path | str = Path("results/audit")) -> dict[tuple[str, str], dict[str, Any]]:
+    """(model name, dataset) -> {"pairs", "test_pairs", "images", "source"} from an audit.json (or its folder).
+
+    The leaderboard marks a (model, dataset) cell with audited overlap when ``test_pairs > 0`` (the model's
+    pretraining images near-duplicate that dataset's test images) and "audited clean" when an entry exists
+    with 0 pairs; a name-only ``ModelInfo.trained_on`` declaration stays the weaker flag. Missing file: {}.
+    """
+    p = Path(path)
+    p = p / "audit.json" if p.is_dir() else p
+    if not p.exists():
+        return {}
+    try:
+        rep = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DermbenchError(f"audit evidence {p} is unreadable ({e}); rerun `dermbench audit` or delete it") from None
+    if rep.get("version") != AUDIT_VERSION:
+        raise DermbenchError(f"audit evidence {p} has version {rep.get('version')!r}, expected {AUDIT_VERSION}; "
+                             "rerun `dermbench audit`")
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in rep.get("pretraining", []):
+        key = (e["name"], e["dataset"])
+        prev = out.get(key, {"pairs": 0, "test_pairs": 0, "images": 0})
+        out[key] = {"pairs": prev["pairs"] + e["pairs"], "test_pairs": prev["test_pairs"] + e["test_pairs"],
+                    "images": prev["images"] + e["images"], "source": str(p)}
+    return out

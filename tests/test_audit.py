@@ -103,3 +103,14 @@ def test_cli_audit(tmp_path):
         main(["audit", "--dataset", "ph2", "--data-root", f"ph2={SHARED_DATA / 'ph2'}", "--out", str(main_out)])
     assert e.value.code in (0, None)
     assert json.loads((main_out / "audit.json").read_text())["datasets"]["ph2"]["images"] == 45
+
+
+def test_overlap_evidence_for_the_leaderboard(tmp_path):
+    folder = tmp_path / "pre"
+    folder.mkdir()
+    s = _load("ph2").split("test").samples[0]
+    shutil.copy(s.image, folder / "x.bmp")
+    audit.main(["ph2", "ham10000"], data_root=SHARED_DATA, pretrain={"dermino": folder}, out=tmp_path / "audit")
+    ev = audit.overlap_evidence(tmp_path / "audit")
+    assert ev[("dermino", "ph2")]["test_pairs"] == 1 and ev[("dermino", "ham10000")]["pairs"] == 0
+    assert audit.overlap_evidence(tmp_path / "nothing") == {}
