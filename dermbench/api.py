@@ -202,6 +202,7 @@ class TaskInfo:
             "needs": ",".join(sorted(self.requires)) or "-",
             "model caps": ",".join(sorted(self.capabilities)) or "-",
             "metrics": ",".join(self.metrics),
+            "options": ", ".join(f"{k}={v}" for k, v in self.defaults.items()) or "-",  # --task-opt NAME.key=value
             "available": "yes" if self.available else f"no: {self.unavailable_reason}",
         }
 
