@@ -775,9 +775,10 @@ def confidence_interval(
       infinite, or the adjusted levels leave [10/B, 1 - 10/B] (fewer than 10 replicates beyond an endpoint,
       e.g. the zero-width interval of a strongly biased statistic), BCa is refused and the percentile
       interval is returned with a note saying so. ``allow_bca=False`` (max/min statistics) refuses it too.
-    * ``paper``: DermINO's "mu ± v" reproduction option: mu = mean of the replicates, v = z_{1-alpha/2} * SD of
-      the replicates (ddof=1), i.e. mean ± 1.96 SD at alpha=0.05. A normal approximation around the replicate
-      mean; it ignores skew and bias and can leave [0, 1]. Reported for comparison with the paper only.
+    * ``paper``: the DermINO authors' "mu ± v" as their code computes it (fl-master ``boot.py``): mu = mean of
+      the replicates, v = ONE standard deviation of the replicates (numpy default ddof=0), whatever ``alpha``;
+      the bootstrap mean is also reported (``boot_mean``). Roughly a 68% interval, not a 95% one; it ignores
+      skew and bias. Reported for comparison with the paper only.
     """
     r = np.asarray(reps, dtype=float)
     r = r[np.isfinite(r)]
@@ -789,8 +790,9 @@ def confidence_interval(
         return float(lo), float(hi), ""
     if method == "paper":
         mu = float(r.mean())
-        v = _z(hi_q) * float(r.std(ddof=1)) if r.size > 1 else 0.0
-        return mu - v, mu + v, f"paper mu ± v (DermINO reproduction): mu={mu:.6g} (replicate mean), v={v:.6g} (1.96·SD)"
+        v = float(r.std(ddof=0))
+        return mu - v, mu + v, (f"paper mu ± v (DermINO authors' code): mu={mu:.6g} (bootstrap mean), "
+                                f"v={v:.6g} (1 SD, ddof 0; ~68% coverage, not {1 - alpha:.0%})")
     if method == "bca":
         lo, hi = (float(x) for x in np.quantile(r, [lo_q, hi_q]))
         if not allow_bca:
@@ -998,6 +1000,7 @@ def _summarise(
         "n_undefined": int(undefined.sum()),
         "note": "; ".join(notes),
     }, valid
+        **({"boot_mean": float(reps[valid].mean())} if ci == "paper" and valid.any() else {}),
 
 
 # --------------------------------------------------------------------------------------------------

@@ -206,13 +206,15 @@ def test_score_output_is_json_and_percentile_ci() -> None:
         assert type(r["value"]) is float and type(r["n_invalid"]) is int
 
 
-def test_paper_ci_is_mean_plus_minus_1_96_sd() -> None:
+def test_paper_ci_is_bootstrap_mean_plus_minus_1_sd_ddof0() -> None:
+    """The DermINO authors' code reports mean ± np.std of the bootstrap values (1 SD, ddof 0) and their mean."""
     pr = make_preds(200, 3, seed=13)
     out = stats.score(pr, ["accuracy"], split_hash="h", boot_seed=0, strata=None, n_boot=300, ci="paper")["accuracy"]
     reps = stats.replicates(pr, "accuracy", stats.bootstrap_indices("h", 0, 200, 300))
-    mu, sd = reps.mean(), reps.std(ddof=1)
-    assert out["ci_low"] == pytest.approx(mu - 1.959964 * sd, abs=1e-6)
-    assert out["ci_high"] == pytest.approx(mu + 1.959964 * sd, abs=1e-6)
+    mu, sd = reps.mean(), reps.std(ddof=0)
+    assert out["ci_low"] == pytest.approx(mu - sd, abs=1e-9)
+    assert out["ci_high"] == pytest.approx(mu + sd, abs=1e-9)
+    assert out["boot_mean"] == pytest.approx(mu, abs=1e-12)
     assert out["ci_method"] == "paper" and "DermINO" in out["note"]
 
 
