@@ -317,6 +317,10 @@ def _report_plugin_errors(reg) -> None:
         for e in reg.errors:
             c.print(f"[red]plugin {e.plugin!r} failed at {e.stage}:[/] {e.error}" + (f" — {e.hint}" if e.hint else ""),
                     highlight=False)
+            from dermbench.check import debug_enabled
+
+            if debug_enabled() and getattr(e, "traceback", ""):  # DERMBENCH_DEBUG=1
+                print(e.traceback, file=sys.stderr)
 
 
 @plugins_app.callback()

@@ -743,6 +743,12 @@ class Runner:
             s.failed.append((cell, msg))
             self._write_error(cell, chash, msg, traceback.format_exc())
             self.log(f"[red]FAILED[/] {cell.label}: {msg}" if self.console else f"FAILED {cell.label}: {msg}")
+            import sys
+
+            from dermbench.check import debug_enabled
+
+            if debug_enabled():  # DERMBENCH_DEBUG=1: the full traceback too (always kept in the .error.json)
+                print(traceback.format_exc(), file=sys.stderr)
         finally:
             claim.release()
 

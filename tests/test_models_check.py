@@ -232,3 +232,21 @@ def test_cli_plugins_check_dataset_without_root_says_how(tmp_path):
     q = subprocess.run([str(exe), "plugins", "check", "no-such-thing"], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path)
     assert q.returncode == 2 and "no model, task or dataset is called 'no-such-thing'" in q.stderr
+
+
+def test_run_prints_a_task_traceback_only_with_debug(monkeypatch, capsys, tmp_path):
+    from dermbench import runner
+
+    _runtime_plugin("test-bad-tasks", register_tasks=_register_bad_tasks)
+    try:
+        outs = []
+        for debug in ("", "1"):
+            monkeypatch.setenv("DERMBENCH_DEBUG", debug)
+            opts = runner.RunOptions(out=tmp_path / f"res{debug}", dataset_opts={"n": 24}, n_boot=10)
+            summary = runner.run(["random-vit"], ["crashing-task"], ["dermsynth"], opts, quiet=True)
+            assert [msg for _, msg in summary.failed] == ["KeyError: 'b'"]
+            outs.append(capsys.readouterr().err)
+    finally:
+        unregister_plugin("test-bad-tasks")
+    assert "Traceback" not in outs[0]
+    assert "Traceback" in outs[1] and "return {\"a\": 1}[\"b\"]" in outs[1]
