@@ -77,6 +77,7 @@ __all__ = [
     "confidence_interval",
     "bca_edge",
     "pool_seeds",
+    "bootstrap_models",
     "seed_draws",
     "simultaneous_intervals",
     "projection_gap_interval",
@@ -999,8 +1000,8 @@ def _summarise(
         "n_lost_class": int(fewer.sum()),
         "n_undefined": int(undefined.sum()),
         "note": "; ".join(notes),
-    }, valid
         **({"boot_mean": float(reps[valid].mean())} if ci == "paper" and valid.any() else {}),
+    }, valid
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1149,6 +1150,64 @@ def paired_test(
                                  jack_diff=jd, exclude=lost)
     out.update(metric=metric, n=pa.n, higher_is_better=m.higher_is_better)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Many models on one large split, in bounded memory
+
+
+def bootstrap_models(
+    predictions: Sequence[Any],
+    metrics: Sequence[str],
+    *,
+    split_hash: str,
+    n_boot: int = N_BOOT,
+    strata: Any = "auto",
+    boot_seed: int = BOOTSTRAP_SEED,
+    correction: str = "holm",
+    max_bytes: int = 256 << 20,
+) -> dict[str, Any]:
+    """Point estimates, replicates and all pairwise paired tests for k models on one split.
+
+    The replicate matrix is never held whole: replicates are drawn in row blocks of about ``max_bytes`` of
+    multiplicities (identical numbers to :func:`bootstrap_indices` / :func:`score`, whatever the block size),
+    and every model and metric is evaluated on a block before the next is drawn. Memory is O(block + k·n·C)
+    instead of O(B·n): n = 100k samples, 10 models, B = 1000 stays far below 2 GB.
+
+    Returns ``{"points": {metric: (k,)}, "replicates": {metric: (k, B)}, "tests": {metric: [{"a", "b", "diff",
+    "p_value", "p_adj"} ...]}}`` (pairs i < j, one correction family per metric).
+    """
+    preps = [_as_prepared(p) for p in predictions]
+    if not preps:
+        raise DermbenchError("bootstrap_models needs at least one model's predictions")
+    n = preps[0].n
+    for i, p in enumerate(preps):
+        if p.n != n:
+            raise DermbenchError(f"model #{i} has {p.n} predictions, model #0 has {n}: all must cover the same split")
+    arr, _ = _resolve_strata(preps[0], strata)
+    rngs, members = _rng_plan(split_hash, boot_seed, n, n_boot, arr)
+    ms = [get_metric(m) for m in metrics]
+    points = {m.name: np.array([_point_used(p, m)[0] for p in preps]) for m in ms}
+    reps = {m.name: np.empty((len(preps), n_boot)) for m in ms}
+    rows = max(1, min(n_boot, int(max_bytes) // (17 * max(n, 1))))  # int64 indices + int64 bincount + uint8 counts
+    for start in range(0, n_boot, rows):
+        r = min(rows, n_boot - start)
+        W = _counts_of(_draw_rows(rngs, members, n, r), n)
+        for m in ms:
+            for k, p in enumerate(preps):
+                reps[m.name][k, start : start + r] = m.weighted(p, W)[0]
+        del W
+    tests: dict[str, list[dict[str, Any]]] = {}
+    for m in ms:
+        out = []
+        for i in range(len(preps)):
+            for j in range(i + 1, len(preps)):
+                t = paired_from_replicates(reps[m.name][i], reps[m.name][j], points[m.name][i], points[m.name][j])
+                out.append({"a": i, "b": j, "diff": t["diff"], "p_value": t["p_value"]})
+        for t, pa in zip(out, correct([t["p_value"] for t in out], correction)):
+            t["p_adj"] = pa
+        tests[m.name] = out
+    return {"points": points, "replicates": reps, "tests": tests}
 
 
 # --------------------------------------------------------------------------------------------------
