@@ -36,7 +36,8 @@ API_CHANGES = {
          "HubSource, read_checkpoint, extract_state_dict, load_into, ...), the metric API (Prepared, Metric, "
          "linear_metric, get_metric, score, point, replicates, Resamples, paired_test ...), registry look-ups "
          "(dataset_info, load_dataset, task_info, run_task), parse_options, statistical defaults (N_BOOT, "
-         "CI_METHOD, ALPHA, BOOTSTRAP_SEED), validation (validate_info, validate_task_output, require_split); "
+         "CI_METHOD, ALPHA, BOOTSTRAP_SEED), validation (info_problems, validate_info, validate_task_output), "
+         "hooks register_report_sections and register_demo; "
          "iter_chunks deprecated (DeprecationWarning)",
 }
 
@@ -500,6 +501,128 @@ def run_task(name: str, ctx: TaskContext, options: Mapping[str, Any] | None = No
     params = runner.task_params(entry.info, dict(options or {}))
     ctx.log(f"{name} {params}")
     return entry.obj(**params).run(ctx)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation: one clear error naming the plugin/task, the field and the fix
+
+
+def _suggest(value: str, valid: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(value, valid, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _unknown(kind: str, field_name: str, given: Iterable[str], valid: Sequence[str], name: str) -> list[str]:
+    return [f"{kind} {name!r}: {field_name} has unknown {v!r}; {_suggest(v, valid)}valid: {', '.join(valid)}"
+            for v in sorted(set(given) - set(valid))]
+
+
+def info_problems(info: Any) -> list[str]:
+    """What is wrong with a ModelInfo/TaskInfo/DatasetInfo, one message per field (empty when valid).
+
+    The registry refuses an info with problems (the plugin's other registrations go on), so a typo such as
+    ``requires=("label",)`` fails at registration instead of silently making a task incompatible everywhere."""
+    kind = type(info).__name__
+    name = getattr(info, "name", None)
+    if not isinstance(name, str) or not name.strip():
+        return [f"{kind}.name must be a non-empty string, got {name!r}"]
+    out: list[str] = []
+    if isinstance(info, ModelInfo):
+        if isinstance(info.embed_dim, bool) or not isinstance(info.embed_dim, int) or info.embed_dim <= 0:
+            out.append(f"model {name!r}: embed_dim must be a positive int (the width of Backbone.embed), "
+                       f"got {info.embed_dim!r}")
+        if info.patch_size is not None and (not isinstance(info.patch_size, int) or info.patch_size <= 0):
+            out.append(f"model {name!r}: patch_size must be a positive int or None, got {info.patch_size!r}")
+        if not isinstance(info.preprocess, Preprocess):
+            out.append(f"model {name!r}: preprocess must be a dermbench.api.Preprocess, "
+                       f"got {type(info.preprocess).__name__}")
+        out += _unknown("model", "capabilities", info.capabilities, CAPABILITIES, name)
+    elif isinstance(info, TaskInfo):
+        out += _unknown("task", "requires", info.requires, FIELDS, name)
+        out += _unknown("task", "requires_any", info.requires_any, FIELDS, name)
+        out += _unknown("task", "capabilities", info.capabilities, CAPABILITIES, name)
+        if isinstance(info.metrics, str):
+            out.append(f"task {name!r}: metrics must be a tuple of metric names, got the string {info.metrics!r}; "
+                       f"write metrics=({info.metrics!r},)")
+        elif info.primary_metric and info.metrics and info.primary_metric not in info.metrics:
+            out.append(f"task {name!r}: primary_metric {info.primary_metric!r} is not in metrics "
+                       f"{list(info.metrics)}; add it to metrics or pick one of them")
+        if not isinstance(info.defaults, Mapping):
+            out.append(f"task {name!r}: defaults must be a mapping option -> default, got {type(info.defaults).__name__}")
+    elif isinstance(info, DatasetInfo):
+        out += _unknown("dataset", "fields", info.fields, FIELDS, name)
+    else:
+        return [f"expected a ModelInfo, TaskInfo or DatasetInfo, got {kind}"]
+    if not isinstance(info, TaskInfo):
+        lic = getattr(info, "license", None)
+        if not isinstance(lic, str) or not lic.strip():
+            out.append(f"{kind.replace('Info', '').lower()} {name!r}: license is missing; declare the licence of "
+                       "the weights/data (an SPDX id such as 'CC-BY-4.0', or 'unknown' when it truly is)")
+    return out
+
+
+def validate_info(info: Any) -> None:
+    """Raise a DermbenchError listing every problem of a ModelInfo/TaskInfo/DatasetInfo (see info_problems)."""
+    problems = info_problems(info)
+    if problems:
+        raise DermbenchError("; ".join(problems))
+
+
+def validate_task_output(output: Any, task: str = "?") -> None:
+    """Check what a task returned before it is scored: a TaskOutput whose ``metrics`` are known and whose
+    ``predictions`` hold, for each metric, every key it needs with one finite entry per test sample.
+
+    The runner calls this on every cell, so a malformed output is one error naming the task, the key and the
+    fix (the cell fails, other cells go on), never a shape error deep in the bootstrap."""
+    if not isinstance(output, TaskOutput):
+        raise DermbenchError(f"task {task!r} returned {type(output).__name__}, expected dermbench.api.TaskOutput")
+    preds = output.predictions
+    if not isinstance(preds, dict):
+        raise DermbenchError(f"task {task!r}: TaskOutput.predictions must be a dict of per-sample arrays, "
+                             f"got {type(preds).__name__}")
+    if not isinstance(output.split, Split):
+        raise DermbenchError(f"task {task!r}: TaskOutput.split must be the Split the predictions are for "
+                             f"(ctx.split('test')), got {type(output.split).__name__}")
+    if isinstance(output.metrics, str) or not all(isinstance(m, str) for m in output.metrics):
+        raise DermbenchError(f"task {task!r}: TaskOutput.metrics must be a list of metric names, "
+                             f"got {output.metrics!r}")
+    n = len(output.split)
+    if "ids" not in preds:
+        raise DermbenchError(f"task {task!r}: predictions have no 'ids'; add predictions['ids'] = split.ids")
+    if len(preds["ids"]) != n:
+        raise DermbenchError(f"task {task!r}: predictions['ids'] has {len(preds['ids'])} entries but the split "
+                             f"{output.split.name!r} has {n} samples; return one prediction per sample of "
+                             "TaskOutput.split (or return the subset split you scored)")
+    from dermbench import stats
+
+    import numpy as np
+
+    for metric in output.metrics:
+        try:
+            needs = stats.get_metric(metric).needs
+        except DermbenchError as e:
+            raise DermbenchError(f"task {task!r}: {e}") from None
+        for key in needs:
+            if key not in preds:
+                raise DermbenchError(f"task {task!r}: metric {metric!r} needs predictions[{key!r}], but the "
+                                     f"predictions only have {sorted(preds)}; add it or drop the metric")
+            value = preds[key]
+            length = len(value) if hasattr(value, "__len__") and not isinstance(value, str) else None
+            if length != n:
+                raise DermbenchError(f"task {task!r}: predictions[{key!r}] has {length} entries but the split "
+                                     f"{output.split.name!r} has {n} samples; return one entry per sample")
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                continue  # non-numeric per-sample values (captions) are the metric's business
+            bad = ~np.isfinite(arr).reshape(n, -1).all(axis=1) if n else np.zeros(0, bool)
+            if bad.any():
+                ids = [str(preds["ids"][i]) for i in np.flatnonzero(bad)[:5]]
+                raise DermbenchError(f"task {task!r}: predictions[{key!r}] has NaN/inf for {int(bad.sum())} of {n} "
+                                     f"samples (ids: {', '.join(ids)}); fix the model or task output upstream "
+                                     "(e.g. check features and probe training) rather than dropping samples")
 
 
 # --------------------------------------------------------------------------------------------------

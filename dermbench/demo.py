@@ -40,12 +40,9 @@ def available_models(candidates: Sequence[str] = CANDIDATES, log=print) -> list[
 
 
 def ensure_dermino_checkpoint(log=print) -> None:
-    """Pretrain the demo DermINO checkpoint on dermsynth if the plugin is installed and none exists yet."""
-    try:
-        from dermino_model import demo as dermino_demo  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    dermino_demo.ensure_demo_checkpoint(log=log)
+    """Run the plugins' demo preparation (hook ``register_demo``): ``dermino_model`` pretrains its demo
+    checkpoint on dermsynth when none exists yet. Kept under its old name for callers."""
+    plugins.prepare_demo(log=log)
 
 
 def run_demo(out: Path = Path("demo-out"), models: str = "auto", n: int = 400, tasks: str = "all",

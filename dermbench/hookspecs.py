@@ -42,3 +42,19 @@ def register_metrics(register):
 @hookspec
 def register_commands(app):
     """Add Typer sub-commands to the ``dermbench`` app (``dermino_model`` adds ``pretrain``)."""
+
+
+@hookspec
+def register_report_sections(register):
+    """Add plugin-specific leaderboard output: ``register(name, make)`` with ``make(records, out_dir)`` writing
+    plots or files for the records it understands into ``out_dir`` and returning their paths (records of other
+    tasks are ignored). The fairness task adds per-group curves, label efficiency its curves. Called by
+    ``dermbench leaderboard`` when plots are on, sections in name order; one that raises is reported as a
+    warning and the others are still written. Import matplotlib inside ``make``."""
+
+
+@hookspec
+def register_demo(register):
+    """Prepare ``dermbench demo``: ``register(name, prepare)`` with ``prepare(log)`` run once before the demo
+    chooses its models (``dermino_model`` pretrains its small demo checkpoint). ``log(message)`` prints to the
+    console; a ``prepare`` that raises is logged and the demo goes on without it."""

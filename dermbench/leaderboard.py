@@ -1085,13 +1085,10 @@ def build_leaderboard(
         plot_files: list[Path] = []
         if plots:
             plot_files = make_plots(boards["main"], boards["order"], out / "plots")
-            try:  # per-group curves for fairness records (one line per model)
-                from dermbench_plugins.tasks.fairness.plot import fairness_plot
+            # plugin sections (hook register_report_sections): fairness per-group, label-efficiency curves
+            from dermbench.plugins import report_sections
 
-                plot_files += [Path(f) for f in fairness_plot([r for g in boards["groups"] for r in g.records],
-                                                              out / "plots")]
-            except ImportError:
-                pass
+            plot_files += report_sections([r for g in boards["groups"] for r in g.records], out / "plots")
         if "md" in formats:
             (out / "leaderboard.md").write_text("# dermbench leaderboard\n\n" + table)
             files.append(out / "leaderboard.md")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import pluggy
 
 from dermbench import hookspecs
-from dermbench.api import DatasetInfo, DermbenchError, ModelInfo, TaskInfo
+from dermbench.api import DatasetInfo, DermbenchError, ModelInfo, TaskInfo, info_problems
 
 GROUP = "dermbench"
 ALLOW_ENV = "DERMBENCH_LOAD_PLUGINS"
@@ -45,6 +45,8 @@ class Registry:
     tasks: dict[str, Entry] = field(default_factory=dict)
     datasets: dict[str, Entry] = field(default_factory=dict)
     metric_resolvers: list[tuple[str, Callable[[str], Any]]] = field(default_factory=list)  # (plugin, resolver)
+    report_sections: list[tuple[str, str, Callable[..., Any]]] = field(default_factory=list)  # (plugin, name, make)
+    demo_preparers: list[tuple[str, str, Callable[..., Any]]] = field(default_factory=list)  # (plugin, name, prepare)
     errors: list[PluginError] = field(default_factory=list)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {version, hooks, dist}
 
@@ -192,6 +194,12 @@ def registry() -> Registry:
             def register(info: Any, obj: Any) -> None:
                 if not isinstance(info, info_type):
                     raise TypeError(f"register() expects a {info_type.__name__}, got {type(info).__name__}")
+                problems = info_problems(info)
+                if problems:
+                    reg.errors.append(PluginError(plugin, f"register_{kind}", "; ".join(problems),
+                                                  hint="fix this declaration in the plugin; its other registrations "
+                                                       "are kept"))
+                    return
                 if kind == "models" and not info.weights_env:
                     env = "DERMBENCH_WEIGHTS_" + "".join(c if c.isalnum() else "_" for c in info.name.upper())
                     info = replace(info, weights_env=env)
@@ -224,8 +232,48 @@ def registry() -> Registry:
         return register
 
     _call_each(pm, "register_metrics", reg.errors, make_metric_register)
+
+    def named_maker(table: list[tuple[str, str, Callable[..., Any]]], what: str) -> Callable[[str], Callable]:
+        def make(plugin: str) -> Callable:
+            def register(name: str, fn: Callable[..., Any]) -> None:
+                if not isinstance(name, str) or not name or not callable(fn):
+                    raise TypeError(f"register() expects (name: str, function) for {what}, got ({name!r}, {fn!r})")
+                table.append((plugin, name, fn))
+                reg.plugins.setdefault(plugin, {}).setdefault(what, []).append(name)
+
+            return register
+
+        return make
+
+    _call_each(pm, "register_report_sections", reg.errors, named_maker(reg.report_sections, "report_sections"))
+    _call_each(pm, "register_demo", reg.errors, named_maker(reg.demo_preparers, "demo"))
     _registry = reg
     return reg
+
+
+def report_sections(records: list[Any], out_dir: Any) -> list[Any]:
+    """Files written by every plugin's report section (hook ``register_report_sections``), in section-name
+    order. A section that raises is reported as a warning naming the plugin; the others still run."""
+    import warnings
+    from pathlib import Path
+
+    files: list[Path] = []
+    for plugin, name, make in sorted(registry().report_sections, key=lambda t: (t[1], t[0])):
+        try:
+            files += [Path(f) for f in make(records, Path(out_dir)) or []]
+        except Exception as e:  # isolation: one plugin's plot never costs the leaderboard
+            warnings.warn(f"report section {name!r} of plugin {plugin!r} failed: {type(e).__name__}: {e}",
+                          RuntimeWarning, stacklevel=2)
+    return files
+
+
+def prepare_demo(log: Callable[[str], None] = print) -> None:
+    """Run every plugin's demo preparation (hook ``register_demo``); a failure is logged and skipped."""
+    for plugin, name, prepare in sorted(registry().demo_preparers, key=lambda t: (t[1], t[0])):
+        try:
+            prepare(log)
+        except Exception as e:
+            log(f"demo: preparation {name!r} of plugin {plugin!r} failed: {type(e).__name__}: {e}")
 
 
 def plugin_rows() -> list[dict[str, Any]]:

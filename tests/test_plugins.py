@@ -30,10 +30,14 @@ def test_first_party_plugins_come_from_entry_points():
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="dermbench")}
     assert eps["tasks-retrieval"] == "dermbench_plugins.tasks.retrieval"
     rows = {r["name"]: r for r in plugins.plugin_rows()}
-    # every first-party entry point is loaded through the same path a third party uses
-    for name in eps:
-        if name in rows:
-            assert rows[name]["dist"] in ("dermbench",) or rows[name]["dist"] != "(runtime)"
+    # every first-party entry point is loaded through the same path a third party uses: from the installed
+    # dermbench distribution, with its version, and never as a runtime registration
+    first_party = [n for n, v in eps.items() if v.split(".")[0] in ("dermbench_plugins", "dermino_model")]
+    assert len(first_party) >= 20
+    version = metadata.version("dermbench")
+    for name in first_party:
+        assert name in rows, f"entry point {name} was not loaded: {plugins.registry().errors}"
+        assert (rows[name]["dist"], rows[name]["version"]) == ("dermbench", version), rows[name]
     reg = plugins.registry()
     assert reg.tasks["retrieval"].plugin == "tasks-retrieval"
     assert reg.tasks["probe"].plugin == "tasks-probe"
@@ -157,7 +161,7 @@ def test_cli_help_does_not_import_torch():
 def test_every_hook_is_documented_and_tested():
     specs = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, "dermbench_spec")]
     assert set(specs) == {"register_models", "register_tasks", "register_datasets", "register_metrics",
-                          "register_commands"}
+                          "register_commands", "register_report_sections", "register_demo"}
     tests_text = "\n".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
     docs = (REPO / "docs" / "plugins.md").read_text() if (REPO / "docs" / "plugins.md").exists() else ""
     for name in specs:
@@ -210,3 +214,144 @@ def test_register_metrics_hook_makes_a_plugin_metric_scorable():
     plugins.unregister_plugin("metricplug")
     with pytest.raises(DermbenchError, match="unknown metric 'top_score_mean'"):
         stats.get_metric("top_score_mean")
+
+
+# ------------------------------------------------------------------------------------------ validation (16, bad input)
+
+
+def test_invalid_declarations_are_refused_naming_plugin_field_and_fix():
+    good = TaskInfo(name="rt-good-task", metrics=("accuracy",), primary_metric="accuracy")
+
+    class Sloppy:
+        @hookimpl
+        def register_tasks(self, register):
+            register(TaskInfo(name="rt-typo", requires=frozenset({"label"})), object)
+            register(TaskInfo(name="rt-prim", metrics=("accuracy",), primary_metric="auroc_macro"), object)
+            register(good, object)
+
+        @hookimpl
+        def register_models(self, register):
+            pre = Preprocess()
+            register(ModelInfo(name="rt-zero", family="t", source="custom", embed_dim=0, preprocess=pre), None)
+            register(ModelInfo(name="rt-cap", family="t", source="custom", embed_dim=8, preprocess=pre,
+                               capabilities=frozenset({"cls", "patch_token"})), None)
+
+        @hookimpl
+        def register_datasets(self, register):
+            register(DatasetInfo(name="rt-nolicence", license=" ", needs_root=False), None)
+            register(DatasetInfo(name="rt-field", fields=frozenset({"labels", "fitzpatrik"})), None)
+
+    plugins.register_plugin(Sloppy(), name="sloppy")
+    reg = plugins.registry()
+    errs = {e.error.split(":")[0]: e for e in reg.errors if e.plugin == "sloppy"}
+    assert set(errs) == {"task 'rt-typo'", "task 'rt-prim'", "model 'rt-zero'", "model 'rt-cap'",
+                         "dataset 'rt-nolicence'", "dataset 'rt-field'"}
+    assert "requires has unknown 'label'; did you mean 'labels'?" in errs["task 'rt-typo'"].error
+    assert errs["task 'rt-typo'"].stage == "register_tasks" and "other registrations" in errs["task 'rt-typo'"].hint
+    assert "primary_metric 'auroc_macro' is not in metrics ['accuracy']" in errs["task 'rt-prim'"].error
+    assert "embed_dim must be a positive int" in errs["model 'rt-zero'"].error and "got 0" in errs["model 'rt-zero'"].error
+    assert "did you mean 'patch_tokens'?" in errs["model 'rt-cap'"].error
+    assert "license is missing" in errs["dataset 'rt-nolicence'"].error
+    assert "did you mean 'fitzpatrick'?" in errs["dataset 'rt-field'"].error
+    # the refused names are absent, the plugin's valid registration and every other plugin's are kept
+    assert "rt-good-task" in reg.tasks and "retrieval" in reg.tasks
+    assert not {"rt-typo", "rt-prim"} & set(reg.tasks) and not {"rt-zero", "rt-cap"} & set(reg.models)
+    # the first-party declarations are all valid
+    from dermbench.api import info_problems
+
+    for kind in ("models", "tasks", "datasets"):
+        for name, entry in getattr(reg, kind).items():
+            assert info_problems(entry.info) == [], (kind, name)
+
+
+def _split(n: int = 4):
+    from dermbench.api import Dataset, Sample
+
+    samples = [Sample(id=f"s{i}", image=f"/nonexistent/{i}.png", label=i % 2) for i in range(n)]
+    return Dataset(DatasetInfo(name="rt-data", needs_root=False), samples, {"test": list(range(n))}).split("test")
+
+
+def test_validate_task_output_names_task_key_and_fix():
+    import numpy as np
+
+    from dermbench.api import TaskOutput, validate_task_output
+
+    split = _split()
+    y = np.array([0, 1, 0, 1])
+    s = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    ok = {"ids": split.ids, "y_true": y, "scores": s, "y_pred": s.argmax(1)}
+    validate_task_output(TaskOutput(ok, ["auroc_macro", "accuracy"], split), task="mytask")  # valid: no error
+
+    def err(preds, metrics=("auroc_macro",), out=None):
+        with pytest.raises(DermbenchError) as e:
+            validate_task_output(out or TaskOutput(preds, list(metrics), split), task="mytask")
+        assert "task 'mytask'" in str(e.value)
+        return str(e.value)
+
+    assert "needs predictions['scores']" in err({"ids": split.ids, "y_true": y}) and "add it or drop" in err(
+        {"ids": split.ids, "y_true": y})
+    assert "predictions['scores'] has 3 entries but the split 'test' has 4" in err({**ok, "scores": s[:3]})
+    assert "predictions['ids'] has 5 entries" in err({**ok, "ids": split.ids + ["x"]})
+    nan = s.copy()
+    nan[2, 1] = np.nan
+    msg = err({**ok, "scores": nan})
+    assert "NaN/inf for 1 of 4 samples (ids: s2)" in msg
+    assert "unknown metric 'auroc'" in err(ok, metrics=("auroc",))
+    assert "expected dermbench.api.TaskOutput" in err(ok, out=ok)
+    assert "no 'ids'" in err({"y_true": y, "scores": s})
+
+
+class _Sections:
+    def __init__(self, calls):
+        self.calls = calls
+
+    @hookimpl
+    def register_report_sections(self, register):
+        def write(records, out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = out_dir / "rt_section.txt"
+            path.write_text(f"{len(records)} records")
+            return [path]
+
+        def broken(records, out_dir):
+            raise ValueError("cannot plot")
+
+        register("a-broken", broken)
+        register("b-writes", write)
+
+    @hookimpl
+    def register_demo(self, register):
+        register("a-fails", lambda log: 1 / 0)
+        register("b-runs", lambda log: (self.calls.append("prepared"), log("rt prepared")))
+
+
+def test_report_section_and_demo_hooks_run_isolated(tmp_path):
+    calls: list[str] = []
+    plugins.register_plugin(_Sections(calls), name="sections")
+    with pytest.warns(RuntimeWarning, match="report section 'a-broken' of plugin 'sections' failed: ValueError"):
+        files = plugins.report_sections([], tmp_path / "plots")  # no records: first-party sections write nothing
+    assert files == [tmp_path / "plots" / "rt_section.txt"] and files[0].read_text() == "0 records"
+    # the first-party sections (fairness, label efficiency) are registered through the same hook
+    names = {name for _p, name, _f in plugins.registry().report_sections}
+    assert {"fairness", "label-efficiency", "a-broken", "b-writes"} <= names
+    logged: list[str] = []
+    plugins.prepare_demo(log=logged.append)
+    assert calls == ["prepared"] and "rt prepared" in logged
+    assert any("'a-fails' of plugin 'sections' failed: ZeroDivisionError" in m for m in logged)
+
+
+def test_sdk_is_light_and_keeps_old_names():
+    code = ("import sys, dermbench.api as a\n"
+            "print(','.join(m for m in ('numpy', 'torch', 'pandas', 'scipy', 'PIL') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "", f"import dermbench.api imported {r.stdout}"
+    import dermbench.api as api
+    from dermbench import backbones, datasets_common, stats, weights
+
+    assert api.API_VERSION == "2" and "iter_chunks" in api.API_CHANGES["2"]
+    assert api.TimmBackbone is backbones.TimmBackbone and api.Row is datasets_common.Row
+    assert api.resolve_weights is weights.resolve_weights and api.Prepared is stats.Prepared
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        api.not_a_name  # noqa: B018
+    with pytest.warns(DeprecationWarning, match="iter_chunks is deprecated"):
+        assert [list(c) for c in api.iter_chunks([1, 2, 3], 2)] == [[1, 2], [3]]

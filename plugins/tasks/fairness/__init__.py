@@ -350,3 +350,15 @@ def _resolve_metric(name: str):
 @hookimpl
 def register_metrics(register):
     register(_resolve_metric)
+
+
+@hookimpl
+def register_report_sections(register):
+    """Leaderboard plots: per-group metric curves of fairness records, one line per model."""
+
+    def make(records, out_dir):
+        from dermbench_plugins.tasks.fairness.plot import fairness_plot
+
+        return fairness_plot(records, out_dir)
+
+    register("fairness", make)

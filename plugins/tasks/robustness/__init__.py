@@ -133,14 +133,10 @@ class _Head:
 
 
 def _api():
-    """Scoring functions: dermbench.api once it re-exports them, dermbench.stats until then."""
+    """Scoring functions (score, paired_test, ...) from the public SDK."""
     import dermbench.api as api
 
-    if hasattr(api, "paired_test") and hasattr(api, "score"):
-        return api
-    from dermbench import stats  # noqa: PLC0415  (pre-SDK location of the same functions)
-
-    return stats
+    return api
 
 
 class Robustness:

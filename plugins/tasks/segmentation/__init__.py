@@ -12,9 +12,14 @@ the model's crop are not scored. This keeps mask and features aligned for every 
 Metrics, per image (bootstrapped over images by the runner, so paired tests between models work):
 
 * ``dice`` / ``jaccard``: lesion (foreground) Dice 2|P∩T|/(|P|+|T|) and Jaccard |P∩T|/|P∪T| by default;
-  with ``class_averaged=True`` the DermINO paper's variant, the mean of the lesion and background scores.
+  with ``class_averaged=True`` the per-image mean of the lesion and background scores (NOT the DermINO
+  authors' metric, which pools pixels over batches of 64: that is ``metric=dermino``).
   The other variant is always reported too (``mean:dice_class_avg`` etc.), and ``extra['metric_variant']`` says
   which one ``dice`` is.
+* ``metric=dermino`` (``--protocol dermino``) puts first the authors' ``dermino_dice`` (Dice averaged over the
+  classes present incl. background, pixels pooled per test batch of 64, mean over batches) and ``dermino_jac``
+  (micro Σtp/(Σtp+Σfp+Σfn) over both classes); both are bootstrapped over images from the per-image pixel counts
+  ``seg_tp/fp/fn/tn`` (plugins/tasks/protocols/dermino.py).
 * Empty masks: when truth and prediction are both empty the image scores 1 (a correct "no lesion"); when only
   one is empty it scores 0. Test images with an empty truth mask are counted in ``extra['n_empty_truth']``.
 
@@ -45,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.0,
     "decoder_channels": 256,
     "class_averaged": False,
+    "metric": "lesion",
+    "schedule": "cosine",
+    "mask_resize": "nearest",
     "n_overlays": 4,
     "save_masks": True,
     "train_split": "train",
@@ -53,18 +61,33 @@ DEFAULTS: dict[str, Any] = {
 #: declarative checks applied by the runner before any work (dermbench.api.TaskInfo.option_ranges)
 OPTION_RANGES: dict[str, Any] = {"epochs": (1, None), "batch_size": (1, None), "lr": (0, None), "size": (16, None),
                                  "decoder_channels": (1, None), "n_overlays": (0, None),
-                                 "head": frozenset({"linear", "upernet"})}
+                                 "head": frozenset({"linear", "upernet"}),
+                                 "metric": frozenset({"lesion", "dermino"}),
+                                 "schedule": frozenset({"cosine", "dermino"}),
+                                 "mask_resize": frozenset({"nearest", "bilinear"})}
+
+#: named presets (--protocol): the authors' segment_linear/train_segmentor.py uses batch 64, Adam 1e-3,
+#: CosineAnnealingLR(T_max=20) stepped per batch, bilinear-resized masks and a metric pooled per test batch of 64;
+#: PanDerm's segmentation code is not public, so its preset changes nothing
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "dermino": {"metric": "dermino", "batch_size": 64, "schedule": "dermino", "mask_resize": "bilinear"},
+    "panderm": {},
+}
 
 INFO = TaskInfo(
     name="segmentation",
     description="lesion segmentation, frozen backbone + trained head (head=linear | upernet; Adam 1e-3, cosine, "
-    "20 epochs, 224 px); per-image lesion Dice / Jaccard (class_averaged=True: DermINO's variant incl. background)",
+    "20 epochs, 224 px); per-image lesion Dice / Jaccard (class_averaged=True: per-image mean with background); "
+    "metric=lesion|dermino (dermino: the DermINO authors' Dice incl. background and micro JAC pooled per batch "
+    "of 64); schedule=cosine|dermino (dermino: CosineAnnealingLR(T_max=epochs) stepped per batch, cyclic); "
+    "mask_resize=nearest|bilinear (bilinear: resized 0/255 mask, lesion where it stays 255, as the authors)",
     requires=frozenset({"masks"}),
     capabilities=frozenset({"patch_tokens"}),
     metrics=("dice", "jaccard"),
     primary_metric="dice",
     defaults=DEFAULTS,
     option_ranges=OPTION_RANGES,
+    protocols=PROTOCOLS,
 )
 
 #: the UperNet protocol as its own task name, so linear and UperNet results are separate cells (and columns)
@@ -77,6 +100,7 @@ INFO_UPERNET = TaskInfo(
     primary_metric=INFO.primary_metric,
     defaults={**DEFAULTS, "head": "upernet"},
     option_ranges=OPTION_RANGES,
+    protocols=PROTOCOLS,
     in_all=False,  # a UperNet decoder trained for 20 epochs is minutes per model even on a GPU-less laptop
 )
 
@@ -167,18 +191,21 @@ def _where(s: Sample, image: bool = False) -> str:
     return f"{src}" if not callable(src) else f"of sample {s.id}"
 
 
-def prepare_masks(split: Split, pre: Preprocess, size: int) -> "np.ndarray":
-    """(n, size, size) bool masks aligned with the model's input crop."""
+def prepare_masks(split: Split, pre: Preprocess, size: int, resize: str = "nearest") -> "np.ndarray":
+    """(n, size, size) bool masks aligned with the model's input crop.
+
+    ``resize='bilinear'``: the 0/255 mask is resized bilinearly and a pixel is lesion only where it stays 255
+    (the DermINO authors' ToTensor + ``mask == 1`` rule, which thins the boundary)."""
     import numpy as np
     from PIL import Image
 
-    tf = _geometry_ops(pre, size, "nearest")
+    tf = _geometry_ops(pre, size, "bilinear" if resize == "bilinear" else "nearest")
     out = np.zeros((len(split), size, size), dtype=bool)
     for k, s in enumerate(split.samples):
         im = Image.fromarray(load_mask_checked(s).astype(np.uint8) * 255, mode="L")
         for op in tf:
             im = op(im)
-        out[k] = np.asarray(im) > 127
+        out[k] = np.asarray(im) == 255 if resize == "bilinear" else np.asarray(im) > 127
     return out
 
 
@@ -304,8 +331,11 @@ def _batches(perm: Any, bs: int) -> list[Any]:
 
 def train_head(head: Any, maps: list["np.ndarray"], masks: "np.ndarray", *, epochs: int, lr: float,
                batch_size: int, weight_decay: float, seed: int, device: str = "cpu",
-               progress: Any = None) -> list[float]:
-    """Adam + per-step cosine schedule, pixel cross-entropy at mask resolution; returns mean loss per epoch."""
+               progress: Any = None, schedule: str = "cosine") -> list[float]:
+    """Adam + per-step cosine schedule, pixel cross-entropy at mask resolution; returns mean loss per epoch.
+
+    ``schedule='cosine'``: one cosine over all steps; ``'dermino'``: the authors' CosineAnnealingLR(T_max=epochs)
+    stepped once per batch, i.e. a cosine that restarts every 2*epochs steps."""
     import torch
     import torch.nn.functional as F
 
@@ -318,7 +348,8 @@ def train_head(head: Any, maps: list["np.ndarray"], masks: "np.ndarray", *, epoc
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = len(_batches(torch.arange(n), batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps)
+    t_max = epochs if schedule == "dermino" else epochs * steps
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
     target_all = torch.from_numpy(masks)
     losses = []
     head.to(device).train()
@@ -368,7 +399,8 @@ class Segmentation:
     def __init__(self, head: str = "linear", layers: Any = "auto", size: int = 224, epochs: int = 20,
                  lr: float = 1e-3, batch_size: int = 16, weight_decay: float = 0.0, decoder_channels: int = 256,
                  class_averaged: bool = False, n_overlays: int = 4, save_masks: bool = True,
-                 train_split: str = "train", test_split: str = "test"):
+                 train_split: str = "train", test_split: str = "test", metric: str = "lesion",
+                 schedule: str = "cosine", mask_resize: str = "nearest"):
         self.head = str(head).lower()
         if self.head not in ("linear", "upernet"):
             raise DermbenchError(f"segmentation head={head!r} unknown; choose head=linear or head=upernet")
@@ -380,6 +412,13 @@ class Segmentation:
         self.batch_size, self.weight_decay = int(batch_size), float(weight_decay)
         self.decoder_channels = int(decoder_channels)
         self.class_averaged = _as_bool(class_averaged, "class_averaged")
+        for key, val, allowed in (("metric", metric, ("lesion", "dermino")),
+                                  ("schedule", schedule, ("cosine", "dermino")),
+                                  ("mask_resize", mask_resize, ("nearest", "bilinear"))):
+            if str(val).lower() not in allowed:
+                raise DermbenchError(f"segmentation {key}={val!r}: choose one of {', '.join(allowed)}")
+        self.metric, self.schedule = str(metric).lower(), str(schedule).lower()
+        self.mask_resize = str(mask_resize).lower()
         self.save_masks = _as_bool(save_masks, "save_masks")
         self.n_overlays = int(n_overlays)
         self.train_split, self.test_split = train_split, test_split
@@ -393,13 +432,14 @@ class Segmentation:
         from dermbench_plugins.tasks.segmentation.heads import build_head
 
         train, test = ctx.split(self.train_split), ctx.split(self.test_split)
-        pre: Preprocess = ctx.model_info.preprocess
+        bb = ctx.backbone()
+        # the LOADED backbone's geometry: a checkpoint may fix another input size than the registry's entry
+        pre: Preprocess = getattr(getattr(bb, "info", None), "preprocess", None) or ctx.model_info.preprocess
         t0 = time.perf_counter()
-        ytr = prepare_masks(train, pre, self.size)
-        yte = prepare_masks(test, pre, self.size)
+        ytr = prepare_masks(train, pre, self.size, self.mask_resize)
+        yte = prepare_masks(test, pre, self.size, self.mask_resize)
         t_masks = time.perf_counter() - t0
 
-        bb = ctx.backbone()
         n_layers = bb.num_layers() if callable(getattr(bb, "num_layers", None)) else None
         layers = resolve_layers(self.layers, self.head, n_layers, is_vit=ctx.model_info.patch_size is not None)
         t0 = time.perf_counter()
@@ -418,7 +458,8 @@ class Segmentation:
             head = build_head(self.head, channels, sizes, decoder_channels=self.decoder_channels)
             with ctx.progress(f"train {self.head} head", self.epochs) as adv:
                 losses = train_head(head, ftr, ytr, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                                    weight_decay=self.weight_decay, seed=ctx.seed, device=device, progress=adv)
+                                    weight_decay=self.weight_decay, seed=ctx.seed, device=device, progress=adv,
+                                    schedule=self.schedule)
         pred = predict_masks(head, fte, self.size, device=device)
         head.cpu()
         t_train = time.perf_counter() - t0
@@ -441,6 +482,15 @@ class Segmentation:
             "area_pred": pred.mean(axis=(1, 2)),
         }
         metrics = ["dice", "jaccard", f"mean:dice_{other}", f"mean:jaccard_{other}"]
+        dermino_point = None
+        if self.metric == "dermino":  # the authors' batch-pooled metric first (the leaderboard's primary column)
+            from dermbench_plugins.tasks.protocols.dermino import SEG_BATCH, dermino_seg_scores, seg_counts
+
+            counts = seg_counts(pred, yte)
+            for c, key in enumerate(("seg_tp", "seg_fp", "seg_fn", "seg_tn")):
+                predictions[key] = counts[:, c]
+            metrics = ["dermino_dice", "dermino_jac", *metrics]
+            dermino_point = {**dermino_seg_scores(pred, yte), "batch": SEG_BATCH}
 
         artifacts = self._write_artifacts(ctx, test, pre, yte, pred, dice)
         extra = {
@@ -450,10 +500,15 @@ class Segmentation:
             "pyramid": _pyramid_note(self.head, sizes),
             "decoder": "smp UPerNetDecoder" if self.head == "upernet" else "BN-Dropout2d(0.1)-1x1conv",
             "size": self.size,
-            "mask_geometry": f"model preprocessing ({pre.resize_mode}, resize={pre.resize}, crop={pre.crop}), "
-                             f"nearest, then {self.size}x{self.size}",
-            "metric_variant": ("class-averaged (mean of lesion and background), DermINO's variant"
+            "mask_geometry": f"loaded backbone's preprocessing ({pre.resize_mode}, resize={pre.resize}, "
+                             f"crop={pre.crop}), {self.mask_resize}, then {self.size}x{self.size}",
+            "metric_variant": ("per-image mean of lesion and background scores"
                                if self.class_averaged else "lesion (foreground) only"),
+            "metric": self.metric,
+            "dermino_metric": dermino_point,
+            "schedule": self.schedule,
+            "batch_size": self.batch_size,
+            "mask_resize": self.mask_resize,
             "empty_mask_policy": EMPTY_POLICY,
             "n_empty_truth": int((yte.sum(axis=(1, 2)) == 0).sum()),
             "n_train": len(train),
