@@ -9,7 +9,7 @@ Every figure is a ratio against a baseline measured in the same run, or a time/m
 2. Feature store read (``FeatureStore.read``: ids check + memory-mapped arrays) + one full pass over the
    array, against ``np.load(mmap_mode='r')`` + the same pass, on a synthetic 100k x 384 float32 entry.
 3. Bootstrap: 10 models, B=1000, macro AUROC with stratified resamples + all 45 paired tests, at n=10k and
-   100k, each in a fresh process so its peak RSS (``ru_maxrss``) is its own.
+   100k, each in a fresh process so its peak RSS (``VmHWM``) is its own.
 4. A linear extrapolation to 1M images from the measured rates, with the assumptions printed.
 
 Times are medians of ``--repeats`` (3) runs. ``--quick`` uses small sizes (a smoke run, ~1 min).
@@ -114,6 +114,16 @@ BOOT_CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 from dermbench import stats
+
+def peak_mb():  # VmHWM: this process image's own high-water mark (ru_maxrss survives fork+exec from the parent)
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 n, M, B = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
 y = rng.integers(0, 7, n)
@@ -125,15 +135,15 @@ for j in range(M):
     s = np.exp(lg)
     s /= s.sum(1, keepdims=True)
     models.append({"ids": ids, "y_true": y, "scores": s, "y_pred": s.argmax(1)})
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+rss0 = peak_mb()
 t0 = time.perf_counter()
 rs, _ = stats.resamples_for(models[0], split_hash="scale-bench", n_boot=B)
 sc = [stats.evaluate(m, "auroc_macro", rs) for m in models]
 tests = [stats.paired_from_replicates(sc[i].replicates, sc[j].replicates, sc[i].value, sc[j].value)
          for i in range(M) for j in range(i + 1, M)]
 t = time.perf_counter() - t0
-print(json.dumps({"n": n, "models": M, "B": B, "tests": len(tests), "s": t, "peak_rss_MB":
-                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "inputs_rss_MB": rss0}))
+print(json.dumps({"n": n, "models": M, "B": B, "tests": len(tests), "s": t, "peak_rss_MB": peak_mb(),
+                  "inputs_rss_MB": rss0}))
 """
 
 
@@ -153,7 +163,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not the reported figures")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--parts", default="knn,store,boot", help="comma-separated subset of knn,store,boot")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     R = a.repeats
     knn_sizes = (1000, 3000) if a.quick else (5000, 20000)
     store_n = 20_000 if a.quick else 100_000
@@ -162,45 +174,73 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} cores; medians of {R} runs{' (QUICK MODE: not the reported figures)' if a.quick else ''}")
 
-    knn = [bench_knn(n, R, with_old=(i == 0)) for i, n in enumerate(knn_sizes)]
-    for r in knn:
-        line = (f"kNN {r['n']} x {r['n']} (384-d, k=5): knn_predict {r['knn_s']:.2f} s, matmul+argpartition "
-                f"{r['baseline_s']:.2f} s, ratio {r['ratio']:.2f}")
-        if "old_s" in r:
-            line += (f"; old full-sort search alone {r['old_s']:.2f} s, same neighbours as the old search: "
-                     f"{r['same_neighbours']}")
-        print(line)
-    print(f"knn/argpartition: {knn[-1]['ratio']:.2f}  ({knn[-1]['n']} x {knn[-1]['n']}, target <= 1.5)")
+    knn, s, boots = [], None, []
+    if "knn" in parts:
+        knn = [bench_knn(n, R, with_old=(i == 0)) for i, n in enumerate(knn_sizes)]
+        for r in knn:
+            line = (f"kNN {r['n']} x {r['n']} (384-d, k=5): knn_predict {r['knn_s']:.2f} s, matmul+argpartition "
+                    f"{r['baseline_s']:.2f} s, ratio {r['ratio']:.2f}")
+            if "old_s" in r:
+                line += (f"; old full-sort search alone {r['old_s']:.2f} s, same neighbours as the old search: "
+                         f"{r['same_neighbours']}")
+            print(line)
+        print(f"knn/argpartition: {knn[-1]['ratio']:.2f}  ({knn[-1]['n']} x {knn[-1]['n']}, target <= 1.5)")
+        h = bench_hnsw(knn_sizes[-1])
+        if h:
+            print(f"faiss-hnsw (approximate, M=32, efSearch=128) {h['n']} x {h['n']}: build+search {h['s']:.2f} s "
+                  f"vs exact {knn[-1]['knn_s']:.2f} s; recall@5 {h['recall']:.3f}")
 
-    s = bench_store(store_n, R)
-    print(f"store read {s['n']} x 384 float32 ({s['MB']:.0f} MB) + one pass: FeatureStore.read {s['store_s']:.3f} s, "
-          f"np.load(mmap_mode='r') {s['raw_s']:.3f} s, ratio {s['ratio']:.2f} (write via put: {s['write_s']:.2f} s)")
+    if "store" in parts:
+        s = bench_store(store_n, R)
+        print(f"store read {s['n']} x 384 float32 ({s['MB']:.0f} MB) + one pass: FeatureStore.read {s['store_s']:.3f} s, "
+              f"np.load(mmap_mode='r') {s['raw_s']:.3f} s, ratio {s['ratio']:.2f} (write via put: {s['write_s']:.2f} s)")
 
-    boots = [bench_boot(n, boot_models, 1000, R) for n in boot_sizes]
-    for b in boots:
-        print(f"bootstrap n={b['n']}: {b['models']} models x B={b['B']} macro AUROC + {b['tests']} paired tests: "
-              f"{b['s']:.2f} s, peak RSS {b['peak_rss_MB']:.0f} MB ({b['inputs_rss_MB']:.0f} MB before the bootstrap: imports + inputs)")
-    lo, hi = boots
-    scale = hi["n"] / lo["n"]
-    print(f"bootstrap time {hi['n']} vs {lo['n']} x {scale:.0f}: {hi['s'] / (lo['s'] * scale):.2f} "
-          "(target <= 2; below 1 means fixed costs dominate at the smaller n)")
+    if "boot" in parts:
+        boots = [bench_boot(n, boot_models, 1000, R) for n in boot_sizes]
+        for b in boots:
+            print(f"bootstrap n={b['n']}: {b['models']} models x B={b['B']} macro AUROC + {b['tests']} paired tests: "
+                  f"{b['s']:.2f} s, peak RSS {b['peak_rss_MB']:.0f} MB ({b['inputs_rss_MB']:.0f} MB before the "
+                  "bootstrap: imports + inputs)")
+        lo, hi = boots
+        scale = hi["n"] / lo["n"]
+        print(f"bootstrap time {hi['n']} vs {lo['n']} x {scale:.0f}: {hi['s'] / (lo['s'] * scale):.2f} "
+              "(target <= 2; below 1 means fixed costs dominate at the smaller n)")
 
-    big = knn[-1]
-    per_pair = big["knn_s"] / (big["n"] * big["n"])
-    t_1m_bank_10k = per_pair * 1_000_000 * 10_000
-    t_1m_full = per_pair * 1_000_000 * 1_000_000
-    t_store_1m = s["store_s"] * 1_000_000 / s["n"] * 1024 / 384
-    t_boot_1m = hi["s"] * 1_000_000 / hi["n"]
     print("extrapolation to 1M images (linear in the work: kNN cost ~ queries x bank x d, store and bootstrap ~ n; "
           "same cores, data in RAM/page cache, no I/O stalls):")
-    print(f"  exact kNN, 10k queries vs a 1M bank, 384-d: {t_1m_bank_10k / 60:.1f} min; 1M vs 1M: "
-          f"{t_1m_full / 3600:.1f} h on this machine -> use retrieval.index=faiss-hnsw (approximate) or "
-          "index=torch on a GPU")
-    print(f"  store read of 1M x 1024 float32 (4.1 GB) from page cache: {t_store_1m:.1f} s; 1M x 1024 needs "
-          "4.1 GB of page cache, not process memory (memory-mapped)")
-    print(f"  bootstrap at n=1M, 10 models, B=1000: {t_boot_1m / 60:.1f} min; peak memory ~ inputs "
-          f"({10 * 1_000_000 * 7 * 4 / 1e9:.2f} GB of float32 scores) + the chunked replicate blocks")
+    if knn:
+        big = knn[-1]
+        per_pair = big["knn_s"] / (big["n"] * big["n"])
+        print(f"  exact kNN, 10k queries vs a 1M bank, 384-d: {per_pair * 1e10 / 60:.1f} min; 1M vs 1M: "
+              f"{per_pair * 1e12 / 3600:.1f} h on this machine -> use retrieval.index=faiss-hnsw (approximate) or "
+              "index=torch on a GPU")
+    if s:
+        print(f"  store read of 1M x 1024 float32 (4.1 GB) from page cache: "
+              f"{s['store_s'] * 1e6 / s['n'] * 1024 / 384:.1f} s; it needs 4.1 GB of page cache, not process memory")
+    if boots:
+        hi = boots[-1]
+        print(f"  bootstrap at n=1M, 10 models, B=1000: {hi['s'] * 1e6 / hi['n'] / 60:.1f} min; peak memory ~ "
+              f"{hi['peak_rss_MB'] / 1024 * 1e6 / hi['n']:.1f} GB if it grows linearly with n from "
+              f"{hi['peak_rss_MB']:.0f} MB at n={hi['n']} (an upper bound: imports are a fixed part)")
 
+
+def bench_hnsw(n: int) -> dict | None:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        print("faiss not installed (pip install 'dermbench[index]'): faiss-hnsw timing skipped")
+        return None
+    import numpy as np
+
+    from dermbench_plugins.tasks.retrieval import _unit, knn_search
+
+    tr, te = _unit(_data(n, 384, 0)[0]), _unit(_data(n, 384, 1)[0])
+    exact, _ = knn_search(tr, te, 5)
+    t0 = time.perf_counter()
+    approx, _ = knn_search(tr, te, 5, index="faiss-hnsw")
+    t = time.perf_counter() - t0
+    recall = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, approx)]))
+    return {"n": n, "s": t, "recall": recall}
 
 if __name__ == "__main__":
     main()
