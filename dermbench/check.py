@@ -282,14 +282,16 @@ def check_task_info(info: Any, cls: Any, r: _Report) -> None:
         sig = None
     if sig is not None:
         ps = sig.parameters.values()
-        named = {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        named = {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and not p.name.startswith("_")}
         takes_any = any(p.kind == p.VAR_KEYWORD for p in ps)
         missing = sorted(named - set(info.defaults))
         extra = sorted(set(info.defaults) - named) if not takes_any else []
-        r.check("options: TaskInfo.defaults == constructor parameters", not missing and not extra,
+        r.check("options: every TaskInfo.defaults key is a constructor parameter", not extra,
                 ", ".join(f"{k}={v!r}" for k, v in sorted(info.defaults.items())) or "(none)",
-                (f"add {missing} to TaskInfo.defaults (--task-opt can only set declared options)" if missing else "")
-                + (f"; the constructor takes no {extra}" if extra else ""))
+                f"the constructor takes no {extra}: add them as parameters or drop them from TaskInfo.defaults")
+        r.check("options: every constructor parameter is in TaskInfo.defaults", not missing,
+                f"not settable with --task-opt: {missing}" if missing else "",
+                f"add {missing} to TaskInfo.defaults (--task-opt can only set declared options)", warn=True)
     r.check("task class has run(ctx)", callable(getattr(cls, "run", None)), "", "define run(self, ctx) -> TaskOutput")
 
 
