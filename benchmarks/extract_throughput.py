@@ -3,8 +3,11 @@
 1. images/s of `FeatureStore.embeddings` (decode + preprocess + forward + cache write) on dermsynth vs images/s of
    `backbone.embed` on pre-made tensors of the same batch size; prints `store/bare: <R>` (target >= 0.90).
 2. scaling from 1 to 2 ranks on CPU (torchrun/gloo) over the same split, as a ratio of wall times.
-3. on a GPU: images/s of ViT-B/16 at 224 in bf16 (skipped without one).
-Usage: python benchmarks/extract_throughput.py [--model random-vit] [--n 256] [--batch 32] [--no-ranks]
+3. on a GPU: images/s of ViT-B/16 and ViT-L/14 at 224, batch 256, bf16 autocast: the bare forward and the
+   feature store (DataLoader decode workers on the free cores, pinned memory, non-blocking copies), with
+   ``store/bare`` (skipped without a GPU).
+Usage: python benchmarks/extract_throughput.py [--model random-vit] [--n 256] [--batch 32] [--no-ranks] [--gpu-n 4096]
+On a GPU machine, the default --device is cuda, so part 1 also runs there (random-vit, batch --batch).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-ranks", action="store_true")
     ap.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    ap.add_argument("--gpu-n", type=int, default=4096, help="images for the GPU store measurement")
     a = ap.parse_args()
 
     from dermbench import plugins
@@ -82,27 +86,50 @@ def main() -> None:
                   f"scaling 1->2 ranks: {times[1] / times[2]:.2f}x (2 cores: ranks share them)")
 
     if _has_cuda():
-        import torch
+        gpu_section(a.gpu_n)
+    else:
+        print("no GPU: bf16 ViT-B/16 and ViT-L/14 throughput skipped (run this script on a CUDA machine)")
 
-        from dermbench.backbones import TimmBackbone, create_timm
-        from dermbench.api import ModelInfo, Preprocess
 
-        m = create_timm("vit_base_patch16_224", seed=0).cuda().eval()
-        info = ModelInfo(name="vit-b16-bench", family="vit", source="timm", embed_dim=768, preprocess=Preprocess())
-        vb = TimmBackbone(info, m, "random:0")
-        vb.device = "cuda"
+def gpu_section(n: int) -> None:
+    """images/s of the bare bf16 forward at batch 256 vs the feature store (DataLoader workers on the free cores,
+    pinned memory, non-blocking copies, bf16 autocast) on n dermsynth images, for ViT-B/16 and ViT-L/14."""
+    import torch
+
+    from dermbench import plugins
+    from dermbench.api import ModelInfo, Preprocess
+    from dermbench.backbones import TimmBackbone, create_timm
+    from dermbench.features import FeatureStore, default_workers
+
+    ds = plugins.registry().dataset("dermsynth").obj(None, n=2 * n, size=224)
+    split = ds.split("train")
+    print(f"GPU {torch.cuda.get_device_name()}; store uses {default_workers('cuda')} decode workers, "
+          f"{len(split)} dermsynth images (generated on the fly by the workers, like JPEG decoding)")
+    for arch, label, dim in (("vit_base_patch16_224", "ViT-B/16", 768), ("vit_large_patch14_224", "ViT-L/14", 1024)):
+        m = create_timm(arch, seed=0).cuda().eval()
+        info = ModelInfo(name=f"bench-{arch}", family="vit", source="timm", embed_dim=dim, preprocess=Preprocess())
+        bb = TimmBackbone(info, m, "random:0")
+        bb.device = "cuda"
         x = torch.randn(256, 3, 224, 224, device="cuda")
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
             for _ in range(3):
-                vb.embed(x)
+                bb.embed(x)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            for _ in range(20):
-                vb.embed(x)
+            reps = 10
+            for _ in range(reps):
+                bb.embed(x)
             torch.cuda.synchronize()
-        print(f"GPU {torch.cuda.get_device_name()}: ViT-B/16 224 bf16 embed: {20 * 256 / (time.perf_counter() - t0):.0f} img/s")
-    else:
-        print("no GPU: bf16 ViT-B/16 throughput skipped")
+        bare = reps * 256 / (time.perf_counter() - t0)
+        with tempfile.TemporaryDirectory() as d:
+            st = FeatureStore(Path(d), batch_size=256, amp="bf16")
+            t0 = time.perf_counter()
+            st.embeddings(bb, split, device="cuda")
+            store = len(split) / (time.perf_counter() - t0)
+        print(f"{label} 224 bf16 batch 256: bare {bare:.0f} img/s; feature store {store:.0f} img/s; "
+              f"store/bare: {store / bare:.2f} (target >= 0.90 with 16 cores)")
+        del m, bb
+        torch.cuda.empty_cache()
 
 
 def _has_cuda() -> bool:

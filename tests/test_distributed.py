@@ -55,6 +55,35 @@ def test_two_rank_extraction_equals_single_process_bit_for_bit(tmp_path, shared_
     assert not list((tmp_path / "o2").rglob("*.claim")) and not list(c2.rglob("*.tmp"))
 
 
+def _cuda_devices() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover
+        return 0
+
+
+@pytest.mark.skipif(_cuda_devices() < 2, reason="NCCL data-parallel extraction needs >= 2 GPUs (one per rank)")
+def test_two_rank_nccl_extraction_matches_single_gpu(tmp_path):
+    """The GPU twin of the gloo test, for a multi-GPU machine:
+    pytest -q tests/test_distributed.py -k nccl  (runs torchrun --nproc-per-node 2 ... --device cuda)."""
+    c1, c2 = tmp_path / "c1", tmp_path / "c2"
+    args = ["run", "--model", "random-vit", "--task", "retrieval", "--dataset", "dermsynth", "--dataset-opt", "n=64",
+            "--batch-size", "8", "--device", "cuda", "--n-boot", "50", "--quiet"]
+    r1 = subprocess.run([str(BIN / "dermbench"), *args, "--out", str(tmp_path / "o1")], env=_env(c1),
+                        capture_output=True, text=True, timeout=600)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = subprocess.run([str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "-m", "dermbench", *args,
+                         "--out", str(tmp_path / "o2")], env=_env(c2), capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = _cache_arrays(c1), _cache_arrays(c2)
+    assert a and set(a) == set(b)
+    for k in a:  # same batches on the same GPU model: equal up to cuBLAS kernel choice
+        for x, y in zip(a[k], b[k]):
+            assert x.dtype == y.dtype and (x.dtype.kind == "U" and (x == y).all() or np.allclose(x, y, atol=1e-5))
+
+
 def test_concurrent_runs_share_one_results_dir_each_cell_once(tmp_path, shared_data):
     ph2 = shared_data / "ph2"
     out, cache = tmp_path / "out", tmp_path / "cache"
