@@ -359,8 +359,14 @@ def check_finite(arrays: Any, what: str) -> None:
 
     for i, a in enumerate(arrays if isinstance(arrays, (list, tuple)) else [arrays]):
         a = np.asarray(a)
-        if a.dtype.kind in "fc" and not np.isfinite(a).all():
-            bad = int((~np.isfinite(a)).reshape(len(a), -1).any(axis=1).sum()) if a.ndim else 1
+        if a.dtype.kind not in "fc":
+            continue
+        a = a.reshape(1) if a.ndim == 0 else a
+        # in blocks of ~64 MB: memory-mapped features and patch maps are checked without being held whole
+        step = max(1, (64 << 20) // max(1, a[:1].nbytes))
+        bad = sum(int((~np.isfinite(a[lo : lo + step])).reshape(len(a[lo : lo + step]), -1).any(axis=1).sum())
+                  for lo in range(0, len(a), step))
+        if bad:
             raise DermbenchError(
                 f"{what}{f' (layer {i})' if len(arrays) > 1 else ''} contain NaN/Inf in {bad} of {len(a)} row(s): "
                 "the model produced non-finite outputs (broken or diverged weights?). Check the checkpoint with "
