@@ -81,3 +81,22 @@ def records(results: Path, task: str | None = None) -> list[dict]:
         if isinstance(rec, dict) and "metrics" in rec and (task is None or rec.get("task") == task):
             out.append(rec)
     return out
+
+
+RUN_MODELS = ("random-vit", "colour-hist")
+RUN_TASKS = ("prototype", "retrieval")
+
+
+@functools.lru_cache(maxsize=None)
+def example_run() -> dict:
+    """One `dermbench run` per session shared by the model and task example tests: both example-or-not models
+    (random-vit, the colour-hist example) x the example task and retrieval on 36 dermsynth images."""
+    site = installed_examples()
+    tmp = Path(tempfile.mkdtemp(prefix="dermbench-example-run-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    e = env(site, tmp)
+    res = tmp / "results"
+    p = dermbench(["run", "--model", ",".join(RUN_MODELS), "--task", ",".join(RUN_TASKS), "--dataset", "dermsynth",
+                   "--dataset-opt", "n=36", "--out", str(res), "--n-boot", "200", "--quiet"], e, tmp)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return {"site": site, "tmp": tmp, "env": e, "results": res}

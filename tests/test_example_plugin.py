@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from examples_util import BIN, EXAMPLES, installed_examples, records
+from examples_util import BIN, EXAMPLES, example_run, installed_examples, records
 from examples_util import env as _env
 
 PKG = EXAMPLES / "dermbench-colour-hist"
@@ -38,15 +38,10 @@ def test_installed_plugin_registers_through_entry_point(site, tmp_path):
     assert "register_models" in " ".join(out[5:])
 
 
-def test_installed_plugin_runs_end_to_end(site, tmp_path):
-    env = _env(site, tmp_path)
-    res = tmp_path / "results"
-    cmd = [str(BIN / "dermbench"), "run", "--model", "colour-hist", "--task", "retrieval", "--dataset", "dermsynth",
-           "--dataset-opt", "n=36", "--out", str(res), "--cache-dir", str(tmp_path / "features"), "--n-boot", "100",
-           "--quiet"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    (rec,) = records(res, "retrieval")
+def test_installed_plugin_runs_end_to_end():
+    """The session's shared run (examples_util.example_run) includes colour-hist x retrieval on 36 images."""
+    run = example_run()
+    (rec,) = [r for r in records(run["results"], "retrieval") if r["model"] == "colour-hist"]
     assert rec["model_info"]["weights_id"] == "handcrafted:colour-hist-v1"
     assert rec["model_info"]["embed_dim"] == 30 and rec["model_info"]["license"] == "Apache-2.0"
     auroc = rec["metrics"]["auroc_macro"]

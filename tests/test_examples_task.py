@@ -6,28 +6,21 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from examples_util import EXAMPLES, dermbench, env, installed_examples, python, records
+from examples_util import EXAMPLES, RUN_MODELS, dermbench, example_run, python, records
 
 PKG = EXAMPLES / "dermbench-example-task"
-MODELS = ("random-vit", "colour-hist")
+MODELS = RUN_MODELS
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    """One `dermbench run` of the prototype task on 36 dermsynth images with both models."""
-    site = installed_examples()
-    tmp = tmp_path_factory.mktemp("example-task")
-    e = env(site, tmp)
-    res = tmp / "results"
-    p = dermbench(["run", "--model", ",".join(MODELS), "--task", "prototype", "--dataset", "dermsynth",
-                   "--dataset-opt", "n=36", "--out", str(res), "--n-boot", "200", "--quiet"], e, tmp)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    return {"site": site, "tmp": tmp, "env": e, "results": res}
+def run() -> dict:
+    """The session's shared `dermbench run` (examples_util.example_run): random-vit and colour-hist x prototype
+    and retrieval on 36 dermsynth images."""
+    return example_run()
 
 
 def test_example_task_registers_through_its_entry_point(run):
