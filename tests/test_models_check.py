@@ -117,6 +117,13 @@ class _CrashingTask:
         return {"a": 1}["b"]  # a plugin bug: KeyError deep inside run
 
 
+class _SplitNameTask:
+    """The classic SDK misuse: a split name where a Split is expected."""
+
+    def run(self, ctx):
+        return ctx.features("train")
+
+
 def _register_bad_tasks(register):
     from dermbench.api import TaskInfo
 
@@ -125,6 +132,8 @@ def _register_bad_tasks(register):
                       primary_metric="auroc_macro", defaults={"k": 1}), _BadTask)
     register(TaskInfo(name="crashing-task", description="raises", metrics=metrics, primary_metric="auroc_macro"),
              _CrashingTask)
+    register(TaskInfo(name="split-name-task", description="misuses ctx.features", metrics=metrics,
+                      primary_metric="auroc_macro"), _SplitNameTask)
 
 
 def test_check_task_names_each_malformed_output_and_its_fix():
@@ -251,3 +260,16 @@ def test_run_prints_a_task_traceback_only_with_debug(monkeypatch, capsys, tmp_pa
         unregister_plugin("test-bad-tasks")
     assert "Traceback" not in outs[0]
     assert "Traceback" in outs[1] and "return {\"a\": 1}[\"b\"]" in outs[1]
+
+
+def test_check_task_names_the_fix_for_a_split_name_passed_to_features():
+    from dermbench.check import check_task
+
+    _runtime_plugin("test-bad-tasks", register_tasks=_register_bad_tasks)
+    try:
+        r = check_task("split-name-task", n=24)
+    finally:
+        unregister_plugin("test-bad-tasks")
+    (row,) = [c for c in r["checks"] if c["check"].startswith("run on")]
+    assert not row["ok"] and "expects a Split" in row["detail"] and "pass ctx.split('train')" in row["detail"]
+    assert "traceback" not in row["fix"]  # a DermbenchError is already the message: no --debug hint
