@@ -118,6 +118,9 @@ def knn_search(tr, te, k: int, index: str = "exact", chunk: int = 1024, device: 
     """
     import numpy as np
 
+    # a chunk's similarity block plus argpartition's int64 index block cost 12 bytes per (query, bank) pair:
+    # past a 32k-row bank keep them near 400 MB (row-block size does not change the matmul's bits, >= 64 rows)
+    chunk = max(64, min(chunk, (1 << 25) // max(1, len(tr))))
     if index == "exact":
         parts = [topk_exact(te[lo : lo + chunk] @ tr.T, k) for lo in range(0, len(te), chunk)]
     elif index == "torch":
