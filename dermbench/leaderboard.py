@@ -92,6 +92,7 @@ class Entry:
     p_rank1: float | None = None
     reps: np.ndarray | None = field(default=None, repr=False)
     valid: np.ndarray | None = field(default=None, repr=False)
+    pool: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def n_seeds(self) -> int:
@@ -358,6 +359,7 @@ class _Scorer:
             e.value, e.ci_low, e.ci_high = pooled["value"], pooled["ci_low"], pooled["ci_high"]
             e.seed_mean, e.seed_sd = pooled["value"], pooled["sd"]
             e.reps = pooled["replicates"]
+            e.pool = pooled
             notes.insert(0, f"seed mean of {len(recs)} seeds; two-level (test sample x seed) interval")
         else:
             e.reps = reps[0]
@@ -479,7 +481,11 @@ def _test_column(col: Column, correction: str) -> None:
         if e.valid is not None:
             ok &= e.valid
         try:
-            res = stats.paired_from_replicates(ref.reps, e.reps, ref.value, e.value, exclude=~ok)  # type: ignore[arg-type]
+            if ref.pool is not None or e.pool is not None:  # several training seeds: two-level test
+                res = stats.paired_seed_test(_as_pool(ref), _as_pool(e))
+                res["n_excluded"] = 0
+            else:
+                res = stats.paired_from_replicates(ref.reps, e.reps, ref.value, e.value, exclude=~ok)  # type: ignore[arg-type]
         except stats.UndefinedMetric as err:
             e.unpaired = True
             e.note = "; ".join(filter(None, [e.note, str(err)]))
@@ -496,6 +502,13 @@ def _test_column(col: Column, correction: str) -> None:
         B = min(e.n_boot for e in tests)
         col.min_p = 1.0 / (B + 1)
         col.min_p_adj = min(1.0, len(tests) / (B + 1)) if correction in ("holm", "bonferroni") else col.min_p
+
+
+def _as_pool(e: Entry) -> dict[str, Any]:
+    if e.pool is not None:
+        return e.pool
+    reps = np.where(e.valid, e.reps, np.nan) if e.valid is not None else e.reps
+    return {"value": e.value, "test_part": reps, "seed_var": 0.0, "k": 1}
 
 
 def _rank_column(col: Column) -> np.ndarray | None:
@@ -1184,7 +1197,11 @@ def compare(
             if e.valid is not None:
                 ok &= e.valid
         try:
-            r = stats.paired_from_replicates(ea.reps, eb.reps, ea.value, eb.value, test=test, ci=ci, exclude=~ok)
+            if ea.pool is not None or eb.pool is not None:
+                r = {**stats.paired_seed_test(_as_pool(ea), _as_pool(eb)), "value_a": ea.value, "value_b": eb.value,
+                     "label": "two-level (test sample x seed) paired t-test of seed means"}
+            else:
+                r = stats.paired_from_replicates(ea.reps, eb.reps, ea.value, eb.value, test=test, ci=ci, exclude=~ok)
         except stats.UndefinedMetric as e:
             results.append({"metric": mname, "diff": None, "p_value": None, "note": str(e)})
             continue
