@@ -107,7 +107,9 @@ def param_groups(named_params: list[tuple[str, Any]], depth: int, layer_decay: f
     """One group per parameter, carrying lr/wd multipliers and the ``last_layer`` flag.
 
     Backbone parameters (names starting with ``backbone.``) get ``decay^(depth+1-layer_id)``; heads and
-    prototypes get 1. No weight decay on biases, norms and LayerScale gammas.
+    prototypes get 1. No weight decay on biases, norms and LayerScale gammas; the weight-norm gain
+    ``last_layer.g`` *is* decayed, as DINOv2's ``last_layer.weight_g`` (its name matches none of those rules).
+    Frozen parameters (``requires_grad=False``: the authors' prototypes) get no group at all.
     """
     groups = []
     for name, p in named_params:
@@ -118,7 +120,7 @@ def param_groups(named_params: list[tuple[str, Any]], depth: int, layer_decay: f
             mult = layer_decay ** (depth + 1 - layer_id(name, depth))
             if "patch_embed" in name:
                 mult *= patch_embed_lr_mult
-        no_wd = name.endswith(".bias") or "norm" in name or "gamma" in name or name.endswith(".g")
+        no_wd = name.endswith(".bias") or "norm" in name or "gamma" in name
         groups.append({"params": [p], "name": name, "lr_mult": mult, "wd_mult": 0.0 if no_wd else 1.0,
                        "is_last_layer": "last_layer" in name})
     return groups

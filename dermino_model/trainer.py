@@ -187,7 +187,7 @@ class Trainer:
         fallback = self.space.meta.get("provenance", {}).get("fallback")
         if fallback:
             self.notes.append(f"text encoder: {fallback}")
-            log.warning("prototype text encoder: %s", fallback)
+            log.info("prototype text encoder: %s", fallback)  # auto asked for a fallback; recorded in dermino.json
         y, known = label_matrices(pset.items, self.space)
         n_classes = len(self.space.classes)
         self.notes.append(f"{len(pset.items)} images, {n_classes} merged classes "

@@ -106,6 +106,7 @@ def test_separate_ibot_head_has_its_own_param_groups_and_frozen_last_layer():
         assert groups[f"{head}.last_layer.v"]["is_last_layer"] and groups[f"{head}.last_layer.g"]["is_last_layer"]
         assert groups[f"{head}.mlp.0.weight"]["lr_mult"] == 1.0 and groups[f"{head}.mlp.0.weight"]["wd_mult"] == 1.0
         assert groups[f"{head}.mlp.0.bias"]["wd_mult"] == 0.0
+        assert groups[f"{head}.last_layer.g"]["wd_mult"] == 1.0  # DINOv2 decays last_layer.weight_g
     # layer-wise decay 1.0: every backbone tensor at the full lr, patch embedding x0.2
     assert groups["backbone.vit.blocks.0.attn.qkv.weight"]["lr_mult"] == 1.0
     assert groups["backbone.vit.pos_embed"]["lr_mult"] == 1.0 and groups["backbone.mask_token"]["lr_mult"] == 1.0
