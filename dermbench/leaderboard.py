@@ -183,6 +183,13 @@ def _source(d: Path, rec: Any) -> str:
         return str(d)
 
 
+def _mtime(src: str) -> float:
+    try:
+        return Path(src).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def gather(
     results_dirs: Sequence[Path | str],
     *,
@@ -262,8 +269,11 @@ def gather(
         sub.setdefault((r.config_hash, str(r.split.get("hash", ""))), []).append((r, srcs))
     groups = []
     for (model, task, dataset), subs in sorted(cells.items()):
-        def pref(k: tuple[str, str]) -> tuple[int, str]:
-            return (len({r.seed for r, _ in subs[k]}), k[0])
+        def pref(k: tuple[str, str]) -> tuple[int, bool, float, str]:
+            """Most seeds, then current schema over legacy, then the newest file."""
+            newest = max((_mtime(s) for _, ss in subs[k] for s in ss), default=0.0)
+            return (len({r.seed for r, _ in subs[k]}), not any(getattr(r, "legacy", False) for r, _ in subs[k]),
+                    newest, k[0])
 
         keep = max(subs, key=pref)
         for k, items in subs.items():
@@ -967,6 +977,21 @@ def make_plots(columns: list[Column], models: list[str], out: Path) -> list[Path
 def _readme(boards: dict[str, Any], groups: list[Group], settings: dict[str, Any], files: list[Path], out: Path) -> str:
     lines = [
         "# dermbench leaderboard",
+        "",
+        "How to read it:",
+        "",
+        "1. **Main board** (`leaderboard.md` / the HTML's Main tab): one column per task and dataset with that task's "
+        "primary metric, value [95% CI]; **bold** = best point estimate, `n.s.` = not shown to differ from the best "
+        "(paired test, Holm within the column) -- not \"equivalent\"; `†` = other split, not tested.",
+        "2. **Overall rank** = mean of the per-column ranks, with its 95% bootstrap interval and P(rank 1); "
+        "overlapping intervals mean the order is not settled.",
+        "3. **Detail** and **Calibration** tabs hold every secondary metric (Brier is the calibration headline; ECE is "
+        "shown, not ranked); **Fairness** shows per-group values, gaps with intervals valid at 0 and permutation p "
+        "(a small gap is never \"best\").",
+        "4. Seeds: `(seeds: mean ± SD, k)` cells pool k training seeds with a two-level interval; records are pooled "
+        "only with identical config and split hashes.",
+        "5. Anything unreadable or left out is listed under **Left out / unreadable** below and in every file; "
+        "method details: docs/statistics.md.",
         "",
         "Generated from stored result records only, by `dermbench leaderboard` "
         f"(settings: `{json.dumps(settings)}`). The published dermsynth board is regenerated with `make leaderboard`.",
