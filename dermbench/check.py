@@ -448,12 +448,12 @@ def check_task(name: str, model: str | None = None, dataset: str = "dermsynth", 
     if not r.check(f"runs on {model} / {dataset}", why is None, why or "",
                    "pass --model / --dataset that fit the task's requires and capabilities"):
         return r.done()
-    params = dict(info.defaults)
-    unknown = sorted(set(task_opts or {}) - set(params))
-    if not r.check("task options known", not unknown, ", ".join(f"{k}={v!r}" for k, v in (task_opts or {}).items()),
-                   f"{unknown} are not options of {name}; its options: {sorted(params)}"):
+    try:  # the runner's own option handling: defaults, typed --task-opt values, declared ranges
+        params = rn.resolve_task_params(info, dict(task_opts or {}))
+        r.check("task options valid", True, ", ".join(f"{k}={v!r}" for k, v in (task_opts or {}).items()))
+    except Exception as e:
+        r.error("task options valid", e, "")
         return r.done()
-    params.update(task_opts or {})
     try:
         task = cls(**params)
         r.check("constructs from TaskInfo.defaults", True)

@@ -273,3 +273,12 @@ def test_check_task_names_the_fix_for_a_split_name_passed_to_features():
     (row,) = [c for c in r["checks"] if c["check"].startswith("run on")]
     assert not row["ok"] and "expects a Split" in row["detail"] and "pass ctx.split('train')" in row["detail"]
     assert "traceback" not in row["fix"]  # a DermbenchError is already the message: no --debug hint
+
+
+def test_check_task_refuses_unknown_options_before_running():
+    from dermbench.check import check_task
+
+    r = check_task("retrieval", task_opts={"kk": 3})
+    (row,) = [c for c in r["checks"] if c["check"] == "task options valid"]
+    assert not r["ok"] and "has no option(s) ['kk']" in row["detail"] and "k=5" in row["detail"]
+    assert not any(c["check"].startswith("run on") for c in r["checks"])
