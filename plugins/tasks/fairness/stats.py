@@ -270,11 +270,16 @@ def fairness_metric(name: str) -> api.Metric:
             codes, scored = _check_enough(p, attr, name)
             return equalized_odds(p, W, codes, len(scored), name)["eod"], None
 
+        def interval(p: Any, W: np.ndarray, value: float, alpha: float) -> tuple[float, float, str]:
+            codes, scored = _check_enough(p, attr, name)
+            return eod_interval(p, W, codes, len(scored), alpha)
+
         return api.Metric(
             name, ("y_true", "y_pred", group_key(attr)), weighted, lambda p: _jackknife_via_weights(p, weighted),
             higher_is_better=False,
             description=f"equalized-odds difference over {attr} groups: max(TPR gap, FPR gap); multiclass: "
             "macro mean over classes one-vs-rest",
+            extra={"bca": False, "interval": interval, "interval_name": "projection"},
         )
     bm = api.get_metric(base)  # type: ignore[arg-type]
     if is_fairness_metric(base):  # type: ignore[arg-type]
@@ -285,12 +290,55 @@ def fairness_metric(name: str) -> api.Metric:
         vals = group_values(p, bm.name, W, codes, len(scored))
         return _reduce(kind, vals, bm.higher_is_better), None
 
+    def interval(p: Any, W: np.ndarray, value: float, alpha: float) -> tuple[float, float, str]:
+        codes, scored = _check_enough(p, attr, name)
+        k = len(scored)
+        pt = group_values(p, bm.name, np.ones((1, p.n), dtype=W.dtype), codes, k)[:, 0]
+        R = group_values(p, bm.name, W, codes, k)
+        if kind == "gap":
+            return api.projection_gap_interval(pt, R, alpha)
+        return api.projection_worst_interval(pt, R, higher_is_better=bm.higher_is_better, alpha=alpha)
+
     return api.Metric(
         name, bm.needs + (group_key(attr),), weighted, lambda p: _jackknife_via_weights(p, weighted),
         higher_is_better=False if kind == "gap" else bm.higher_is_better,
         description=(f"max - min of {bm.name} over {attr} groups" if kind == "gap"
                      else f"worst {attr} group's {bm.name}"),
+        extra={"bca": False, "interval": interval, "interval_name": "projection"},
     )
+
+
+def eod_interval(p: Any, W: np.ndarray, codes: np.ndarray, k: int, alpha: float) -> tuple[float, float, str]:
+    """Equalized-odds interval valid at 0: simultaneous max-t intervals over every pairwise group difference
+    of TPR_c and FPR_c (all classes in one family), projected per class onto max |D| and averaged."""
+    ones = np.ones((1, p.n), dtype=np.asarray(W).dtype)
+    e0, er = equalized_odds(p, ones, codes, k), equalized_odds(p, W, codes, k)
+    cls = e0["classes"]
+    i, j = np.triu_indices(k, 1)
+    pts, reps, owner = [], [], []
+    for ci, c in enumerate(cls):
+        for rate in ("tpr", "fpr"):
+            a0, ar = e0[rate][:, 0, c], er[rate][:, :, c]  # (k,), (k, B)
+            pts.append(a0[i] - a0[j])
+            reps.append(ar[i] - ar[j])
+            owner += [ci] * i.size
+    pt, R, owner_a = np.concatenate(pts), np.concatenate(reps), np.asarray(owner)
+    lo, hi, c_ = api.simultaneous_intervals(pt, R, alpha)
+    if not math.isfinite(c_):
+        return math.nan, math.nan, "too few valid replicates for a projection interval"
+    lows, highs = [], []
+    for ci in range(len(cls)):
+        sel = (owner_a == ci) & np.isfinite(lo) & np.isfinite(hi)
+        if not sel.any():
+            continue
+        l_, h_ = lo[sel], hi[sel]
+        low_abs = np.where((l_ <= 0) & (h_ >= 0), 0.0, np.minimum(np.abs(l_), np.abs(h_)))
+        lows.append(float(low_abs.max()))
+        highs.append(float(np.maximum(np.abs(l_), np.abs(h_)).max()))
+    if not lows:
+        return math.nan, math.nan, "equalized odds undefined in every class"
+    return float(np.mean(lows)), float(np.mean(highs)), (
+        f"projection of simultaneous max-t intervals over {pt.size} pairwise TPR/FPR group differences (c={c_:.3g})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,7 +378,8 @@ def group_table(
     (split hash, seed, n_boot, strata), so the numbers agree with the record's ``gap:...`` metrics."""
     p = api.prepare(predictions) if isinstance(predictions, dict) else predictions
     codes, scored, sizes, unknown, min_size = _groups(p, attribute, f"fairness on {attribute}")
-    idx = api.Resamples(api.bootstrap_indices(split_hash, seed, p.n, n_boot, strata))
+    # the record's resamples: (split hash, fixed bootstrap seed, strata) -- never the training seed
+    idx, _ = api.resamples_for(p, split_hash=split_hash, n_boot=n_boot, strata="auto" if strata is None else strata)
     W = idx.counts
     ones = np.ones((1, p.n), dtype=W.dtype)
     k = len(scored)
@@ -359,8 +408,14 @@ def group_table(
             continue
         for kind, target in (("gap", out["gaps"]), ("worst", out["worst"])):
             v = float(_reduce(kind, pt[:, None], m.higher_is_better)[0])
-            r = _reduce(kind, reps, m.higher_is_better)
-            target[metric] = _ci(r, v, ci, alpha)
+            if kind == "gap":  # percentile/BCa of a max - min statistic do not cover a gap of 0: projection
+                lo_, hi_, note_ = api.projection_gap_interval(pt, reps, alpha)
+            else:
+                lo_, hi_, note_ = api.projection_worst_interval(pt, reps, higher_is_better=m.higher_is_better,
+                                                                alpha=alpha)
+            target[metric] = {"value": _f(v), "ci_low": _f(lo_), "ci_high": _f(hi_), "ci_method": "projection",
+                              "n_invalid": int((~np.isfinite(_reduce(kind, reps, m.higher_is_better))).sum()),
+                              "note": note_}
             target[metric]["name"] = metric_name(kind, attribute, metric)
             if kind == "worst" and math.isfinite(v):
                 target[metric]["group"] = scored[int(np.argmin(pt) if m.higher_is_better else np.argmax(pt))]
@@ -369,7 +424,9 @@ def group_table(
     if eod and k >= 2 and "y_true" in p.raw and ("y_pred" in p.raw or "scores" in p.raw):
         e0 = equalized_odds(p, ones, codes, k)
         er = equalized_odds(p, W, codes, k)
-        d = _ci(er["eod"], float(e0["eod"][0]), ci, alpha)
+        lo_, hi_, note_ = eod_interval(p, W, codes, k, alpha)
+        d = {"value": _f(float(e0["eod"][0])), "ci_low": _f(lo_), "ci_high": _f(hi_), "ci_method": "projection",
+             "n_invalid": int((~np.isfinite(er["eod"])).sum()), "note": note_}
         d["name"] = metric_name("eod", attribute)
         d["classes"] = e0["classes"].tolist()
         d["tpr_gap"] = [_f(v) for v in e0["tpr_gap"][0]]
@@ -427,9 +484,9 @@ def paired_gap_test(
     *,
     kind: str = "gap",
     split_hash: str,
-    seed: int,
+    seed: int | None = None,  # ignored: resamples come from (split hash, fixed bootstrap seed)
     n_boot: int = 1000,
-    strata: Any = None,
+    strata: Any = "auto",
     test: str = "bootstrap",
     alpha: float = 0.05,
 ) -> dict[str, Any]:
@@ -457,5 +514,5 @@ def paired_gap_test(
             "with the other's min_group_size so both score the same groups"
         )
     name = metric_name(kind, attribute, None if kind == "eod" else metric)
-    return api.paired_test(pred_a, pred_b, name, split_hash=split_hash, seed=seed, n_boot=n_boot,
+    return api.paired_test(pred_a, pred_b, name, split_hash=split_hash, n_boot=n_boot,
                              test=test, strata=strata, alpha=alpha)
