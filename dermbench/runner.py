@@ -525,7 +525,7 @@ class Runner:
             kwargs.setdefault("split_seed", self.opts.split_seed)
             if self.opts.skip_bad_images:
                 kwargs["skip_bad_images"] = True
-            with datasets_common.option_scope(name, lenient=self._lenient_dataset_keys()):
+            with datasets_common.option_scope(name, lenient=self._lenient_for(name)):
                 ds = entry.obj(root, **kwargs)
             self._datasets[name] = ds
         return self._datasets[name]
@@ -535,6 +535,13 @@ class Runner:
         (the run checks that at least one dataset used it); single-dataset runs are strict."""
         common, _ = _route(self.opts.dataset_opts, [], plugins.registry().datasets)
         return frozenset(common) if len(self._planned_datasets) > 1 else frozenset()
+
+    def _lenient_for(self, name: str) -> frozenset[str]:
+        """A dataset a task loads itself (ctx.load_dataset) ignores bare options it does not know: they were
+        given for the run's own datasets."""
+        if self._planned_datasets and name not in self._planned_datasets:
+            return frozenset(_route(self.opts.dataset_opts, [], plugins.registry().datasets)[0])
+        return self._lenient_dataset_keys()
 
     # ------------------------------------------------------------------ main loop
     def config_for(self, cell: Cell, params: dict[str, Any]) -> dict[str, Any]:
