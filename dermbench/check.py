@@ -377,10 +377,12 @@ def check_task_output(output: Any, dataset: Any, info: Any, r: _Report, n_boot: 
     missing_art = [a for a in output.artifacts if not Path(a).exists()]
     r.check("artifacts exist", not missing_art, f"{len(output.artifacts)} file(s)",
             f"write {missing_art} under ctx.out_dir before returning them")
-    validate = getattr(__import__("dermbench.api", fromlist=["x"]), "validate_task_output", None)
+    from dermbench import api
+
+    validate = getattr(api, "validate_task_output", None)
     if validate is not None:  # the runner's own validation, where the SDK provides it
         try:
-            validate(output)
+            validate(output, info.name)
             r.check("dermbench.api.validate_task_output", True)
         except Exception as e:
             r.error("dermbench.api.validate_task_output", e, "")
