@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,26 @@ def test_demo_command_runs_and_prints_the_compact_leaderboard(tmp_path):
     assert table and "probe/dermsynth auroc_macro" in r.stdout
     md = (tmp_path / "demo" / "leaderboard" / "leaderboard.md").read_text()
     assert "Retrieval · DermSynth · macro F1" in md and (tmp_path / "demo" / "leaderboard" / "leaderboard.html").exists()
+
+
+def test_data_root_per_dataset_and_seed_parsing(tmp_path):
+    """--data-root PATH applies to every dataset, --data-root NAME=PATH to one (repeatable); seeds are checked."""
+    from dermbench.api import DermbenchError
+    from dermbench.cli import parse_data_roots, parse_seeds
+    from dermbench.runner import RunOptions
+
+    root, roots = parse_data_roots([str(tmp_path), "ph2=/data/ph2", "ham10000=~/ham"])
+    assert root == tmp_path and roots["ph2"] == Path("/data/ph2") and str(roots["ham10000"]).endswith("/ham")
+    o = RunOptions(data_root=root, data_roots=roots)
+    assert o.root_for("ph2") == Path("/data/ph2") and o.root_for("isic2018") == tmp_path
+    odd = tmp_path / "a=b"  # an existing folder whose name holds '=' stays a plain root
+    odd.mkdir()
+    assert parse_data_roots([str(odd)]) == (odd, {})
+    with pytest.raises(DermbenchError, match="unknown dataset 'ph3'"):
+        parse_data_roots(["ph3=/x"])
+    with pytest.raises(DermbenchError, match="given twice"):
+        parse_data_roots(["/a", "/b"])
+    assert parse_seeds("0, 2,1") == [0, 2, 1]
+    for bad, msg in (("abc", "not an integer"), ("", "is empty"), ("-1", "negative"), ("1,1", "repeats")):
+        with pytest.raises(DermbenchError, match=msg):
+            parse_seeds(bad)
