@@ -61,7 +61,8 @@ def run_demo(out: Path = Path("demo-out"), models: str = "auto", n: int = 400, t
     log(f"demo: models {', '.join(names)} x tasks {tasks} on dermsynth (n={n}); shortened schedules: "
         + "; ".join(f"{t} {o}" for t, o in DEMO_TASK_OPTS.items()))
     opts = runner.RunOptions(out=Path(out), dataset_opts={"n": n}, n_boot=n_boot,
-                             task_params={t: dict(o) for t, o in DEMO_TASK_OPTS.items()})
+                             task_params={t: dict(o) for t, o in DEMO_TASK_OPTS.items()
+                                          if tasks == "all" or t in runner.split_names(tasks)})
     summary = runner.run(names, runner.split_names(tasks), ["dermsynth"], opts, console=console)
     target = publish or Path(out) / "leaderboard"
     res = lb.build_leaderboard(Path(out), formats=("md", "csv", "json", "html") if publish else ("md", "html"),

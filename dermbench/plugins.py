@@ -200,6 +200,13 @@ def registry() -> Registry:
                                                   hint="fix this declaration in the plugin; its other registrations "
                                                        "are kept"))
                     return
+                from dermbench.results import check_name  # names become folder names: refuse escaping ones
+
+                try:
+                    check_name(info.name, f"{kind[:-1]} name")
+                except DermbenchError as e:
+                    reg.errors.append(PluginError(plugin, f"register_{kind}", str(e), hint="rename it"))
+                    return
                 if kind == "models" and not info.weights_env:
                     env = "DERMBENCH_WEIGHTS_" + "".join(c if c.isalnum() else "_" for c in info.name.upper())
                     info = replace(info, weights_env=env)

@@ -45,6 +45,7 @@ INFO = TaskInfo(
         "worst_metrics": "auto",
         "n_perm": 1000,
     },
+    option_ranges={"min_group_size": (1, None), "n_perm": (0, None)},
 )
 
 
