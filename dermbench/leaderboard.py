@@ -435,6 +435,10 @@ def _build_columns(groups: list[Group], scorer: _Scorer) -> tuple[list[Column], 
                 e = scorer.entry(g, metric)
                 if e is not None:
                     col.entries[g.model] = e
+                else:
+                    notes.append(f"{g.model}/{task}/{dataset} has no {metric!r} (its metrics: "
+                                 f"{', '.join(sorted(g.records[0].metrics))}): '–' in {col.label}; re-run it with "
+                                 "this dermbench to get the full metric set")
             detail.append(col)
             if metric == prim:
                 fp = (dataset, metric, tuple(sorted((m, _pred_digest(g.records[0])) for g in gs for m in [g.model])))
