@@ -497,8 +497,17 @@ class Runner:
                 if "unexpected keyword" not in str(e) and "got an unexpected" not in str(e):
                     raise
                 given = sorted(set(kwargs) - {"weights", "device"})
+                import inspect
+
+                try:
+                    named = [n for n, p in inspect.signature(entry.obj).parameters.items()
+                             if n not in ("weights", "device") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+                except (TypeError, ValueError):
+                    named = []
                 raise DermbenchError(
-                    f"model {model!r} does not accept the option(s) given with --model-opt {given}: {e}. "
+                    f"model {model!r} does not accept the option(s) given with --model-opt {given}: {e}. It accepts "
+                    f"{', '.join(named) or 'no named option'}"
+                    f"{f' and the keyword arguments of its {entry.info.source} architecture' if named else ''}. "
                     "Drop the option, or prefix it with the model it is meant for (MODEL.key=value)."
                 ) from None
             bb = bb.to(self.opts.device) if hasattr(bb, "to") else bb
