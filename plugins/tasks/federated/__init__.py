@@ -72,7 +72,8 @@ INFO = TaskInfo(
     name="federated",
     description=(
         "Flower federated linear projection across the dataset's sites (FedAvg, 2 rounds x 2 local epochs, "
-        "Adam 2e-4 cosine) vs centralised (upper bound) and local-only (lower bound) training"
+        "Adam 2e-4 cosine) vs centralised (upper bound) and local-only (lower bound) training; "
+        "primary=pooled|site_mean (site_mean: mean of the per-site AUROC/F1 first, per-site numbers in extra)"
     ),
     requires=frozenset({"labels", "site"}),
     capabilities=frozenset({"cls"}),
@@ -82,10 +83,13 @@ INFO = TaskInfo(
         "rounds": 2, "local_epochs": 2, "lr": 2e-4, "batch_size": 32,
         "fraction_fit": 1.0, "fraction_evaluate": 1.0, "strategy": "fedavg", "proximal_mu": 0.0,
         "single_class_sites": "exclude", "engine": "simulation", "round_timeout": 600.0,
-        "train_split": "train", "test_split": "test",
+        "train_split": "train", "test_split": "test", "primary": "pooled",
     },
+    # primary=site_mean: the mean over sites of the per-site metric first (the DermINO paper reports per dataset)
+    protocols={"dermino": {"primary": "site_mean"}, "panderm": {}},
     option_ranges={"rounds": (1, None), "local_epochs": (1, None), "batch_size": (1, None), "lr": (0, None),
-                   "fraction_fit": (0, 1), "fraction_evaluate": (0, 1), "proximal_mu": (0, None)},
+                   "fraction_fit": (0, 1), "fraction_evaluate": (0, 1), "proximal_mu": (0, None),
+                   "primary": frozenset({"pooled", "site_mean"})},
     available=FL_AVAILABLE,
     unavailable_reason="" if FL_AVAILABLE else "Flower is not installed: pip install 'dermbench[fl]'",
 )
@@ -293,7 +297,12 @@ class Federated:
 
     def __init__(self, rounds=2, local_epochs=2, lr=2e-4, batch_size=32, fraction_fit=1.0, fraction_evaluate=1.0,
                  strategy="fedavg", proximal_mu=0.0, single_class_sites="exclude", engine="simulation",
-                 round_timeout=600.0, train_split="train", test_split="test", site_datasets="", _fault: str = ""):
+                 round_timeout=600.0, train_split="train", test_split="test", site_datasets="", _fault: str = "",
+                 primary: str = "pooled"):
+        if primary not in ("pooled", "site_mean"):
+            raise DermbenchError(f"federated.primary={primary!r}: choose pooled (all test samples) or site_mean "
+                                 "(mean of the per-site metrics, the DermINO paper's per-dataset reporting)")
+        self.primary = primary
         self.params = dict(rounds=rounds, local_epochs=local_epochs, lr=lr, batch_size=batch_size,
                            fraction_fit=fraction_fit, fraction_evaluate=fraction_evaluate, strategy=strategy,
                            proximal_mu=proximal_mu, single_class_sites=single_class_sites, engine=engine,
@@ -386,7 +395,11 @@ class Federated:
         }
         np.savez(fl_dir / "weights.npz", federated_weight=w_fed["weight"], federated_bias=w_fed["bias"],
                  centralised_weight=w_cen["weight"], centralised_bias=w_cen["bias"])
-        return TaskOutput(preds["federated"], list(CLS_METRICS), test, extra=extra,
+        metrics = list(CLS_METRICS)
+        if self.primary == "site_mean":  # per-site numbers are in extra["per_site"]; their mean comes first
+            metrics = [f"site_mean:{m}" for m in SITE_METRICS] + metrics
+        extra["primary"] = self.primary
+        return TaskOutput(preds["federated"], metrics, test, extra=extra,
                           artifacts=[str(fl_dir / "weights.npz"), str(fl_dir / "server.json")])
 
     @staticmethod
@@ -461,3 +474,17 @@ def _paired(a: dict, b: dict, split_hash: str, seed: int, n_boot: int) -> dict[s
 def register_tasks(register):
     register(INFO, Federated)
     register(INFO_DATASETS, Federated)
+
+
+def _resolve_metric(name: str):
+    """``site_mean:<metric>`` (mean of the per-site values, ``primary=site_mean``)."""
+    if not name.startswith("site_mean:"):
+        return None
+    from dermbench_plugins.tasks.protocols.sites import resolve_metric
+
+    return resolve_metric(name)
+
+
+@hookimpl
+def register_metrics(register):
+    register(_resolve_metric)
