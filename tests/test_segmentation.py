@@ -190,14 +190,14 @@ class _TestModels:
 
 
 @pytest.fixture
-def test_models():
+def seg_test_models():
     plugins.registry()
     plugins.register_plugin(_TestModels(), name="seg-test-models")
     yield
     plugins.unregister_plugin("seg-test-models")
 
 
-def test_upernet_on_cnn_stages_and_vit_blocks_and_model_without_patch_tokens_skipped(tmp_path, test_models):
+def test_upernet_on_cnn_stages_and_vit_blocks_and_model_without_patch_tokens_skipped(tmp_path, seg_test_models):
     opts = _opts(tmp_path, {"head": "upernet", "epochs": 1, "decoder_channels": 16, "n_overlays": 1},
                  dataset_opts={"n": 16, "size": 96}, model_opts={"depth": 4})
     s = runner.run(["test-resnet18", "test-cls-only", "random-vit"], ["segmentation"], ["dermsynth"], opts,

@@ -257,7 +257,8 @@ def test_paired_test_identical_models_and_clear_winner() -> None:
     weak = make_preds(300, 3, seed=17, sep=0.2, y=a["y_true"])
     res = stats.paired_test(a, weak, "auroc_macro", split_hash="p", boot_seed=0, strata=None, n_boot=200)
     assert res["diff"] > 0.2 and res["p_value"] == pytest.approx(1 / 201) and res["ci_low"] > 0
-    assert res["test"] == "bootstrap" and "+1" not in res["label"] or "(1+" in res["label"]
+    assert res["test"] == "bootstrap"
+    assert "p=(1+#{" in res["label"] and res["label"].endswith("/(1+B))")  # the label states the +1 correction
     tt = stats.paired_test(a, weak, "auroc_macro", split_hash="p", boot_seed=0, strata=None, n_boot=200, test="paper-ttest")
     assert "ANTI-CONSERVATIVE" in tt["label"] and tt["p_value"] < 1e-10
 
