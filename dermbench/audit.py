@@ -402,6 +402,15 @@ def main(datasets: Sequence[str], *, data_root: Path | None = None, data_roots: 
     pre = {f"pretrain:{k}": folder_dataset(Path(v), k) for k, v in (pretrain or {}).items()}
     embed = None
     if model:
+        from dermbench import plugins
+
+        if plugins.registry().model(model).info.random_init:
+            raise DermbenchError(
+                f"audit --model {model}: a random-init backbone's embeddings do not measure image similarity (its "
+                f"cosines crowd near 1 for unrelated images, so any threshold flags hundreds of false pairs); use a "
+                "trained backbone whose weights are available here (e.g. --model dinov2-s), or drop --model"
+            )
+
         def embed(ds: Dataset) -> np.ndarray:
             bb = r.backbone(model)
             feats: np.ndarray | None = None

@@ -114,3 +114,38 @@ def test_overlap_evidence_for_the_leaderboard(tmp_path):
     ev = audit.overlap_evidence(tmp_path / "audit")
     assert ev[("dermino", "ph2")]["test_pairs"] == 1 and ev[("dermino", "ham10000")]["pairs"] == 0
     assert audit.overlap_evidence(tmp_path / "nothing") == {}
+
+
+def test_embedding_pass_refuses_random_init_backbones(tmp_path):
+    with pytest.raises(DermbenchError, match="random-init backbone's embeddings do not measure image similarity"):
+        audit.main(["ph2"], data_root=SHARED_DATA, model="random-vit", out=tmp_path / "o")
+
+
+def test_embedding_pass_with_a_trained_like_backbone(tmp_path):
+    """The embedding pass on real features: a seeded conv net (not flagged random_init) finds planted copies."""
+    from dataclasses import replace
+
+    from dermbench import hookimpl, plugins
+    from test_transfer import INFO, TinyConv
+
+    class P:
+        @hookimpl
+        def register_models(self, register):
+            register(replace(INFO, name="tiny-embed", random_init=False), TinyConv)
+
+    plugins.registry()
+    plugins.register_plugin(P(), name="tiny-embed")
+    try:
+        folder = tmp_path / "pre"
+        folder.mkdir()
+        s = _load("ph2").split("test").samples[0]
+        s.load_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "flipped.png")
+        rep = audit.main(["ph2"], data_root=SHARED_DATA, pretrain={"m": folder}, model="tiny-embed",
+                         cache_dir=tmp_path / "cache", out=tmp_path / "o", sim_threshold=0.99)
+        pairs = [p for p in rep["pairs"] if p["kind"] == "pretraining"]
+        assert f"ph2/test/{s.id}" in {p["b"] for p in pairs}
+        hit = next(p for p in pairs if p["b"] == f"ph2/test/{s.id}")
+        assert hit["method"] == "embedding" and hit["cosine"] >= 0.99 and hit["hamming"] > 4  # pHash misses a flip
+        assert rep["settings"]["model"] == "tiny-embed" and rep["settings"]["sim_threshold"] == 0.99
+    finally:
+        plugins.unregister_plugin("tiny-embed")
