@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dermbench import api
-from dermbench.api import DermbenchError
+from dermbench.api import N_BOOT, DermbenchError
 
 __all__ = [
     "GROUP_PREFIX",
@@ -366,7 +366,7 @@ def group_table(
     *,
     split_hash: str,
     seed: int,
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     strata: Any = None,
     ci: str = "percentile",
     alpha: float = 0.05,
@@ -485,7 +485,7 @@ def paired_gap_test(
     kind: str = "gap",
     split_hash: str,
     seed: int | None = None,  # ignored: resamples come from (split hash, fixed bootstrap seed)
-    n_boot: int = 1000,
+    n_boot: int = N_BOOT,
     strata: Any = "auto",
     test: str = "bootstrap",
     alpha: float = 0.05,

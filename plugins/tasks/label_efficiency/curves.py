@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from dermbench.api import DermbenchError, Split, stable_hash
+from dermbench.api import N_BOOT, DermbenchError, Split, stable_hash
 
 CURVE_KEY = "label_efficiency"
 
@@ -347,7 +347,7 @@ def curve_output(ctx: Any, train: Split, test: Split, ytr: Any, yte: Any, fit_pr
         raise DermbenchError(
             f"reach={reach!r} must be a number or a list of numbers (targets of {metrics[0]})"
         ) from None
-    n_boot = int(n_boot) if n_boot is not None else int(getattr(ctx, "n_boot", 1000))
+    n_boot = int(n_boot) if n_boot is not None else int(getattr(ctx, "n_boot", N_BOOT))
     curve, (scores, y_pred) = run_curve(train, test, ytr, fit_predict, settings, draws=int(draws), metrics=metrics,
                                         seed=ctx.seed, n_boot=n_boot, y_test=yte, log=ctx.log)
     curve["labels_needed"] = default_targets(curve) + [labels_needed(curve, t) for t in targets]
