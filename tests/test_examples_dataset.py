@@ -16,7 +16,7 @@ import pytest
 from examples_util import EXAMPLES, dermbench, env, installed_examples, python, records
 
 PKG = EXAMPLES / "dermbench-example-dataset"
-PER_CLASS = 6  # 7 classes x 6 = 42 images: 3 lesions' worth per class in train, 3 in test
+PER_CLASS = 4  # 7 classes x 4 = 28 real images, split by lesion
 
 
 def build_collection(ham: Path, root: Path) -> dict[str, dict]:
@@ -91,8 +91,8 @@ def test_plugins_check_passes_for_both_example_datasets(collection):
     n_train = sum(v["split"] == "train" for v in lines.values())
     for r in (plain, seg):
         assert r["ok"], r["checks"]
-        assert r["plugin"] == "lesion-manifest" and r["n"] == 42 and r["skipped"] == {"missing_image": 1}
-        assert r["splits"] == {"train": n_train, "test": 42 - n_train}
+        assert r["plugin"] == "lesion-manifest" and r["n"] == 7 * PER_CLASS and r["skipped"] == {"missing_image": 1}
+        assert r["splits"] == {"train": n_train, "test": 7 * PER_CLASS - n_train}
         assert r["class_counts"] == {dx: PER_CLASS for dx in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")}
     checked = {c["check"] for c in plain["checks"]}
     assert {"sex: samples carry meta['sex']", "age: samples carry meta['age']",
