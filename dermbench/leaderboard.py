@@ -154,6 +154,33 @@ def overlap(model_info: dict[str, Any], dataset: str, dataset_info: dict[str, An
     return [t for t in (model_info.get("trained_on") or []) if _norm(t) in targets]
 
 
+def _audit_overlap(meta: dict[str, dict[str, Any]], groups: list[Any], dirs: Sequence[Path | str]) -> None:
+    """Pixel-level evidence from ``dermbench audit`` (``<results>/audit/audit.json``, issue 18) in the overlap column.
+
+    Near-duplicates of test images in the model's pretraining folder give ``ph2 (audit: 3 test near-duplicates)``;
+    an audit that found none turns a name-only declaration into ``ph2 (declared; audit: none found)``. Without an
+    audit the declared-by-name flag stays as it is (the weaker evidence).
+    """
+    from dermbench.audit import overlap_evidence
+
+    ev: dict[tuple[str, str], dict[str, Any]] = {}
+    for d in dirs:
+        ev.update(overlap_evidence(Path(d) / "audit"))
+    for g in groups:
+        e = ev.get((g.model, g.dataset)) or ev.get((g.model, g.dataset.split(":", 1)[0]))
+        if not e or g.model not in meta:
+            continue
+        tags = meta[g.model]["overlap"]
+        declared = [t for t in tags if t == g.dataset or t.startswith(g.dataset + " (")]
+        if e["test_pairs"]:
+            new = f"{g.dataset} (audit: {e['test_pairs']} test near-duplicates)"
+        elif declared:
+            new = f"{g.dataset} (declared; audit: none found)"
+        else:
+            continue
+        meta[g.model]["overlap"] = [t for t in tags if t not in declared] + ([new] if new not in tags else [])
+
+
 # --------------------------------------------------------------------------------------------------
 # Gathering records from one or more results folders
 
@@ -1067,6 +1094,7 @@ def build(
             c._rep_ranks = rr  # type: ignore[attr-defined]
     ranks = _overall(main)
     meta = _model_meta(groups)
+    _audit_overlap(meta, groups, dirs)
     for m in {m for c in detail + calib for m in c.entries}:
         ranks.setdefault(m, {"mean_rank": None, "rank_low": None, "rank_high": None, "p_rank1": None, "n_columns": 0})
     order = _row_order(meta, ranks)

@@ -149,3 +149,26 @@ def test_embedding_pass_with_a_trained_like_backbone(tmp_path):
         assert rep["settings"]["model"] == "tiny-embed" and rep["settings"]["sim_threshold"] == 0.99
     finally:
         plugins.unregister_plugin("tiny-embed")
+
+
+def test_leaderboard_overlap_column_uses_audit_evidence(tmp_path):
+    """A model's pretraining folder holding a PH2 test image shows up in the leaderboard's overlap column."""
+    from dermbench import leaderboard, plugins, runner
+    from test_transfer import TinyConv, TinyPlugin
+
+    plugins.registry()
+    plugins.register_plugin(TinyPlugin(), name="tiny-conv")
+    try:
+        res = tmp_path / "results"
+        s = runner.run(["tiny-conv"], ["retrieval"], ["ph2"],
+                       runner.RunOptions(out=res, cache_dir=tmp_path / "cache", data_root=SHARED_DATA, n_boot=50),
+                       quiet=True)
+        assert s.ok, s.failed
+        assert leaderboard.build(res)["meta"]["tiny-conv"]["overlap"] == []
+        folder = tmp_path / "pre"
+        folder.mkdir()
+        shutil.copy(_load("ph2").split("test").samples[0].image, folder / "leaked.bmp")
+        audit.main(["ph2"], data_root=SHARED_DATA, pretrain={"tiny-conv": folder}, out=res / "audit")
+        assert leaderboard.build(res)["meta"]["tiny-conv"]["overlap"] == ["ph2 (audit: 1 test near-duplicates)"]
+    finally:
+        plugins.unregister_plugin("tiny-conv")
