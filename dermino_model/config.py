@@ -96,7 +96,7 @@ class PretrainConfig:
     probe_every: int = 0  # steps; 0 = only at the end
     probe_max_images: int = 400
     # runtime -------------------------------------------------------------------------------------
-    output_dir: str = ""  # default $DERMBENCH_HOME/checkpoints/dermino-<preset>
+    output_dir: str = ""  # default $DERMBENCH_CACHE/checkpoints/dermino-<preset>
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 (autocast; losses stay fp32)

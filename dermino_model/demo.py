@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 
 def ensure_demo_checkpoint(log: Callable[[str], Any] = print, progress: bool = True, **overrides: Any) -> Path:
-    """The newest ``$DERMBENCH_HOME/checkpoints/dermino-demo/ckpt-*``; runs the demo pretraining when there is none."""
+    """The newest ``$DERMBENCH_CACHE/checkpoints/dermino-demo/ckpt-*``; runs the demo pretraining when there is none."""
     from dermino_model.trainer import default_output_dir, ensure_demo_checkpoint as ensure, list_checkpoints
 
     if not list_checkpoints(default_output_dir("demo")):

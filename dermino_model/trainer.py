@@ -302,7 +302,7 @@ class Trainer:
         except RuntimeError as e:
             raise DermbenchError(
                 f"checkpoint {path} does not match this config ({str(e).splitlines()[0]}); use the config it was "
-                f"trained with ({path / META_FILE}) or another --output directory"
+                f"trained with ({path / META_FILE}) or another --out directory"
             ) from None
         if self.centers:
             for k, c in self.centers.items():
@@ -443,7 +443,7 @@ def run_pretraining(cfg: PretrainConfig, output_dir: str | Path | None = None, r
 def ensure_demo_checkpoint(console: Any = None, progress: bool = True, **overrides: Any) -> Path:
     """The newest ``dermino-demo`` checkpoint, running ``--preset demo`` pretraining first when none exists.
 
-    For ``dermbench demo``: ``dermino`` then loads it by default (``$DERMBENCH_HOME/checkpoints/dermino-demo``).
+    For ``dermbench demo``: ``dermino`` then loads it by default (``$DERMBENCH_CACHE/checkpoints/dermino-demo``).
     """
     from dermino_model.config import build_config
 
