@@ -368,7 +368,8 @@ def check_finite(arrays: Any, what: str) -> None:
                   for lo in range(0, len(a), step))
         if bad:
             raise DermbenchError(
-                f"{what}{f' (layer {i})' if len(arrays) > 1 else ''} contain NaN/Inf in {bad} of {len(a)} row(s): "
+                f"{what}{f' (layer {i})' if isinstance(arrays, (list, tuple)) and len(arrays) > 1 else ''} "
+                f"contain NaN/Inf in {bad} of {len(a)} row(s): "
                 "the model produced non-finite outputs (broken or diverged weights?). Check the checkpoint with "
                 "`dermbench plugins check MODEL --weights PATH`; no result was recorded."
             )
