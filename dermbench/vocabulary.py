@@ -167,9 +167,26 @@ def register_mapping(dataset: str, spec: dict[str, Any]) -> DatasetVocabulary:
     return m
 
 
+def _view_mapping(base: DatasetVocabulary, view: str) -> DatasetVocabulary:
+    """The mapping of a view's own classes (dermbench.views): its labels already are terms or axis values."""
+    if view == "malignant":
+        classes = {a: ClassMap(a, None, a) for a in ("benign", "malignant")}
+        return DatasetVocabulary(f"{base.dataset}:{view}", "coarse", classes, "malignancy axis view", base.source)
+    axis = {}
+    for cm in base.classes.values():  # a term keeps the base dataset's axis (HAM10000's akiec: malignant)
+        if cm.term is not None:
+            axis.setdefault(cm.term, cm.axis)
+    terms = ("nevus", "melanoma") if view == "mel-vs-nev" else tuple(axis)
+    classes = {t: ClassMap(t, t, axis.get(t, TERMS[t][1])) for t in terms}
+    return DatasetVocabulary(f"{base.dataset}:{view}", "diagnosis", classes, f"view {view}", base.source)
+
+
 def mapping_for(dataset: str, loader_module: str | None = None) -> DatasetVocabulary | None:
-    """The vocabulary mapping of a registered dataset, or None when its plugin ships none."""
-    base = dataset.split(":", 1)[0]
+    """The vocabulary mapping of a registered dataset (or of a ``<dataset>:<view>``), or None when none ships."""
+    base, _, view = dataset.partition(":")
+    if view:
+        m = mapping_for(base, loader_module)
+        return None if m is None else _view_mapping(m, view)
     if base in _RUNTIME:
         return _RUNTIME[base]
     if loader_module is None:

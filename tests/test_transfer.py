@@ -145,3 +145,11 @@ def test_transfer_errors(tmp_path, tiny):
     assert "share fewer than two classes" in msg and "'ham10000'" in msg and "'ph2'" in msg and "labels=malignant" in msg
     s = runner.run(["tiny-conv"], ["transfer"], ["ham10000"], _opts(tmp_path), quiet=True)
     assert not s.ok and "transfer needs two datasets" in s.failed[0][1]
+
+
+def test_transfer_to_a_view(tmp_path, tiny):
+    s = runner.run(["tiny-conv"], ["transfer"], ["ph2:mel-vs-nev"], _opts(tmp_path), quiet=True)
+    assert s.ok, s.failed
+    rec = read_record(s.done[0][1])
+    assert rec.dataset == "ph2:mel-vs-nev" and rec.extra["shared_classes"] == ["melanoma", "nevus"]
+    assert rec.metrics["sens@spec95"]["value"] is not None

@@ -101,3 +101,11 @@ def test_vocab_files_are_valid_json():
             if not name.startswith("_"):
                 vocabulary.parse_mapping(name, spec, str(f))
     assert views.split_name("ph2:malignant") == ("ph2", "malignant")
+
+
+def test_views_have_their_own_mapping():
+    assert vocabulary.mapping_for("ph2:mel-vs-nev").terms(["nevus", "melanoma"]) == ["nevus", "melanoma"]
+    assert vocabulary.mapping_for("ham10000:vocab").lookup("ak").axis == "malignant"  # HAM's akiec
+    assert vocabulary.mapping_for("pad-ufes-20:vocab").lookup("ak").axis == "uncertain"
+    m = vocabulary.mapping_for("ddi:malignant")
+    assert m.granularity == "coarse" and m.axes(["benign", "malignant"]) == ["benign", "malignant"]
