@@ -5,7 +5,9 @@ dermoscope's dark border; a backbone whose features move under them misleads wha
 For each corruption x severity (see corruptions.py) the task builds a derived dataset whose images are the
 corrupted originals and whose ``content_fingerprint`` holds (corruption, severity, seed), then asks
 ``ctx.features`` for its test split: corrupted features are cached exactly like clean ones (the store key
-includes the split hash), so a rerun or a second head extracts nothing.
+includes the split hash), so a rerun or a second head extracts nothing. Images are first shrunk to a shorter
+side of ``max_side`` (default 512; 0 = off) -- the clean reference too -- so full-resolution dermoscopy (ISIC's
+6000x4000) stays cheap to corrupt; corruption parameters scale with the image, not with its pixel count.
 
 Reported (``extra['robustness']``): the metric per corruption and severity with its CI, the paired difference
 clean - corrupted on identical resamples (CI, p), the relative drop, prediction consistency (agreement with
@@ -41,7 +43,7 @@ INFO = TaskInfo(
     metrics=CLASSIFICATION_METRICS + ROBUST_METRICS,
     primary_metric="mean:corrupted_accuracy",
     defaults={"corruptions": "default", "severities": [1, 3, 5], "head": "probe", "metric": "auroc_macro", "k": 5,
-              "epochs": 50, "lr": 5e-3, "batch_size": 256, "max_side": None, "train_split": "train",
+              "epochs": 50, "lr": 5e-3, "batch_size": 256, "max_side": 512, "train_split": "train",
               "test_split": "test"},
     in_all=False,
 )
@@ -143,7 +145,7 @@ class Robustness:
     info = INFO
 
     def __init__(self, corruptions="default", severities=(1, 3, 5), head="probe", metric="auroc_macro", k=5,
-                 epochs=50, lr=5e-3, batch_size=256, max_side=None, train_split="train", test_split="test"):
+                 epochs=50, lr=5e-3, batch_size=256, max_side=512, train_split="train", test_split="test"):
         self.corruptions = parse_corruptions(corruptions)
         self.severities = parse_severities(severities)
         if head not in HEADS:
