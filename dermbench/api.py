@@ -570,6 +570,10 @@ def validate_info(info: Any) -> None:
         raise DermbenchError("; ".join(problems))
 
 
+#: prediction keys that must be finite numbers for every sample (scored values, not group labels)
+_FINITE_KEYS = ("y_true", "y_pred", "scores", "dice", "jaccard")
+
+
 def validate_task_output(output: Any, task: str = "?") -> None:
     """Check what a task returned before it is scored: a TaskOutput whose ``metrics`` are known and whose
     ``predictions`` hold, for each metric, every key it needs with one finite entry per test sample.
@@ -613,6 +617,8 @@ def validate_task_output(output: Any, task: str = "?") -> None:
             if length != n:
                 raise DermbenchError(f"task {task!r}: predictions[{key!r}] has {length} entries but the split "
                                      f"{output.split.name!r} has {n} samples; return one entry per sample")
+            if key not in _FINITE_KEYS and not metric.startswith("mean:"):
+                continue  # group labels (NaN = unknown group), captions, ...: the metric's own business
             try:
                 arr = np.asarray(value, dtype=np.float64)
             except (TypeError, ValueError):
