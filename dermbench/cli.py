@@ -414,7 +414,7 @@ def leaderboard(
     model: Optional[str] = typer.Option(None, "--model"),
     fmt: str = typer.Option("md", "--format", help="md,csv,json,html (comma-separated)"),
     out: Optional[Path] = typer.Option(None, "--out", help="write files here (e.g. leaderboards/); nothing is written elsewhere"),
-    ci: str = typer.Option("percentile", "--ci"),
+    ci: str = typer.Option(CI_METHOD, "--ci"),
     correction: str = typer.Option("holm", "--correction", help="holm | bh | none (one family per column)"),
     commercial_only: bool = typer.Option(False, "--commercial-only"),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
@@ -455,7 +455,7 @@ def compare(
     results: list[Path] = typer.Option([Path("results")], "--results", "-r", help="repeatable"),
     metric: Optional[str] = typer.Option(None, "--metric"),
     test: str = typer.Option("bootstrap", "--test", help="bootstrap | paper-ttest (anti-conservative, labelled)"),
-    ci: str = typer.Option("percentile", "--ci"),
+    ci: str = typer.Option(CI_METHOD, "--ci"),
     seed: Optional[int] = typer.Option(None, "--seed", help="compare this training seed only (default: seed means)"),
     allow_missing: bool = typer.Option(False, "--allow-missing", help="exit 0 even when some records are unreadable"),
 ) -> None:
