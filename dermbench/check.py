@@ -324,6 +324,17 @@ def check_task_output(output: Any, dataset: Any, info: Any, r: _Report, n_boot: 
     r.check("predictions['ids'] == split.ids (same samples, same order)", ids == split.ids,
             f"{len(ids)} ids, split {split.name} has {n}",
             "use split.ids and keep every other array in the same order")
+    metrics = list(output.metrics)
+    known, needs_missing, scored_keys = [], [], set()
+    unknown = {}
+    for m in metrics:
+        met, why = _metric(m)
+        if met is None:
+            unknown[m] = why
+            continue
+        known.append(m)
+        scored_keys |= set(met.needs)
+        needs_missing += [f"{m} needs predictions[{k!r}]" for k in met.needs if k not in preds]
     lengths = {}
     nonfinite = []
     for k, v in preds.items():
@@ -332,23 +343,14 @@ def check_task_output(output: Any, dataset: Any, info: Any, r: _Report, n_boot: 
             lengths[k] = "not an array"
             continue
         lengths[k] = a.shape[0]
-        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        # only what is scored must be finite (a group label may be NaN for an unknown group)
+        if k in scored_keys and a.dtype.kind in "fc" and not np.isfinite(a).all():
             nonfinite.append(f"{k} ({int((~np.isfinite(a)).sum())} values)")
     wrong = {k: v for k, v in lengths.items() if v != n}
     r.check(f"every prediction array has len(split) = {n} rows", not wrong, ", ".join(f"{k}:{v}" for k, v in
             lengths.items()), f"make {sorted(wrong)} per-sample arrays of length {n}, in split order")
-    r.check("no NaN/inf in predictions", not nonfinite, ", ".join(nonfinite),
+    r.check("no NaN/inf in the scored predictions", not nonfinite, ", ".join(nonfinite),
             "replace undefined values (e.g. an empty mask's Dice) by a defined value, or drop the sample")
-    metrics = list(output.metrics)
-    known, needs_missing = [], []
-    unknown = {}
-    for m in metrics:
-        met, why = _metric(m)
-        if met is None:
-            unknown[m] = why
-            continue
-        known.append(m)
-        needs_missing += [f"{m} needs predictions[{k!r}]" for k in met.needs if k not in preds]
     r.check("output metrics are known", bool(metrics) and not unknown, ",".join(metrics) or "-",
             "; ".join(unknown.values()) or "list metric names in TaskOutput.metrics")
     r.check("prediction keys each metric needs are present", not needs_missing, ", ".join(sorted(preds)),

@@ -152,7 +152,7 @@ def test_check_task_names_each_malformed_output_and_its_fix():
         "11 ids, split test has 12"
     rows = failed["every prediction array has len(split) = 12 rows"]
     assert "ids:11" in rows["detail"] and "['ids']" in rows["fix"]
-    assert failed["no NaN/inf in predictions"]["detail"] == "scores (1 values)"
+    assert failed["no NaN/inf in the scored predictions"]["detail"] == "scores (1 values)"
     assert "unknown metric 'no_such_metric'" in failed["output metrics are known"]["fix"]
     assert failed["prediction keys each metric needs are present"]["fix"] == "f1_macro needs predictions['y_pred']"
     assert not any(c["check"].startswith("scored with") for c in r["checks"])  # malformed output is never scored
