@@ -64,23 +64,29 @@ DEFAULTS = {
     "max_len": 96,
     "num_beams": 1,
     "meteor": True,
+    "metrics": "coco",
     "train_split": "train",
     "test_split": "test",
 }
 #: declarative checks applied by the runner before any work (dermbench.api.TaskInfo.option_ranges)
 OPTION_RANGES = {"epochs": (1, None), "batch_size": (1, None), "max_len": (1, None), "num_beams": (1, None),
-                 "lora_r": (1, None), "visual_tokens": (0, None)}
+                 "lora_r": (1, None), "visual_tokens": (0, None), "metrics": frozenset({"coco", "dermino"})}
 
 INFO = TaskInfo(
     name="captioning",
     description="frozen features -> linear projection -> causal LM (lm=tiny offline, or an HF id with LoRA); "
-    "BLEU/METEOR/ROUGE/CIDEr via pycocoevalcap + rouge-score; nearest-neighbour caption baseline",
+    "BLEU/METEOR/ROUGE/CIDEr via pycocoevalcap + rouge-score; nearest-neighbour caption baseline; "
+    "metrics=coco|dermino (dermino: the DermINO authors' scoring first: nltk corpus BLEU on whitespace tokens, "
+    "nltk METEOR with offline WordNet, rouge-score, CIDEr on raw strings)",
     requires=frozenset({"captions"}),
     capabilities=frozenset({"cls"}),
     metrics=METRICS,
     primary_metric="mean:cider",
     defaults=DEFAULTS,
     option_ranges=OPTION_RANGES,
+    # DermINO's mytrain.py scoring; its visual input (8 tokens expanded from CLS, [INST] template, greedy 256
+    # tokens) is not reproduced yet (docs/protocols.md)
+    protocols={"dermino": {"metrics": "dermino"}, "panderm": {}},
     available=not _MISSING,
     unavailable_reason=f"missing {', '.join(_MISSING)}: pip install 'dermbench[caption]'" if _MISSING else "",
 )
@@ -135,6 +141,10 @@ class Captioning:
         else:
             self.lora_targets = list(p["lora_targets"])
         self.meteor = str(p["meteor"]).lower() not in ("false", "0", "no")
+        self.metric_set = str(p["metrics"]).lower()
+        if self.metric_set not in ("coco", "dermino"):
+            raise DermbenchError(f"captioning metrics={p['metrics']!r}: choose coco (pycocoevalcap, default) or "
+                                 "dermino (the DermINO authors' nltk/rouge-score/CIDEr scoring)")
         self.standardize = str(p["standardize"]).lower() not in ("false", "0", "no")
 
     # ---------------------------------------------------------------- features
@@ -226,6 +236,22 @@ class Captioning:
                  **{k: v for k, v in gen.per_caption.items()}, "bleu_stats": gen.bleu_stats}
         metrics = [f"mean:{k}" for k in gen.per_caption] + ["corpus_bleu4"]
         base_preds = {"ids": ids, **base.per_caption, "bleu_stats": base.bleu_stats}
+        dermino_corpus = None
+        if self.metric_set == "dermino":  # the authors' scoring first (primary column), COCO metrics after it
+            from dermbench_plugins.tasks.protocols import captions as DC
+
+            t1 = time.perf_counter()
+            dermino_corpus = {}
+            for name, target in (("generated", preds), ("retrieved", base_preds)):
+                corpus, per = DC.score(cap_te, generated if name == "generated" else retrieved, meteor=self.meteor)
+                target["dermino_bleu_stats"] = per.pop("bleu_stats")
+                target.update({f"dermino_{k}": v for k, v in per.items()})
+                dermino_corpus[name] = corpus
+            dm = ["dermino_bleu1", "dermino_bleu2", "dermino_bleu4"]
+            dm += [f"mean:dermino_{k}" for k in ("meteor", "rougeL", "cider", "rouge1", "rouge2")
+                   if f"dermino_{k}" in preds]
+            metrics = dm + metrics
+            timings["dermino_metrics_s"] = time.perf_counter() - t1
         paired = {}
         for name in metrics:
             r = api.paired_test(preds, base_preds, name, split_hash=test.hash, seed=ctx.seed, n_boot=ctx.n_boot)
@@ -253,6 +279,8 @@ class Captioning:
             "n_train": len(train), "n_test": len(test),
             "train": fit, "notes": lm.notes,
             "corpus": corpus_gen,
+            "metrics_set": self.metric_set,
+            "dermino_corpus": dermino_corpus,
             "score_kinds": {
                 "per_caption": "predictions[<key>] -> metrics mean:<key> (bootstrap CIs, paired across models); "
                 "bleuN = pycocoevalcap sentence BLEU, meteor = METEOR 1.5 segment score, rougeL/cider = "
