@@ -82,6 +82,20 @@ class FeatureStore:
         self.channels_last = bool(channels_last)
         self.log = log
         self.stats = StoreStats()
+        self._collective = False
+
+    @contextlib.contextmanager
+    def collective(self) -> Iterator[None]:
+        """Under torchrun, misses inside this block are extracted by all ranks together (every rank must make the
+        same calls in the same order); outside it each process works alone, so rank 0 running the tasks after
+        the joint pre-extraction never waits on a collective the other ranks will not join."""
+        from dermbench import distributed as ddp
+
+        old, self._collective = self._collective, ddp.is_active()
+        try:
+            yield
+        finally:
+            self._collective = old
 
     # ---------------------------------------------------------------- keys and paths
     def key(self, backbone: Backbone, split: Split, kind: str, layers: Sequence[int] = (),
@@ -211,7 +225,7 @@ class FeatureStore:
         from dermbench import distributed as ddp
 
         ids = split.ids
-        if not ddp.is_active():
+        if not self._collective:
             got = self.read(key, ids)
             if got is not None:
                 self.stats.hits += 1
@@ -244,8 +258,8 @@ class FeatureStore:
         opts = dict(device=device, batch_size=self.batch_size, num_threads=self.num_threads, progress=progress,
                     np_dtype=np_dtype, workers=self.workers, amp=self.amp, channels_last=self.channels_last)
         d = self._entry_dir(key)
-        if ddp.is_active():  # batches are gathered in memory on every rank; rank 0 writes the entry
-            arrays = extract(backbone, split, fn, **opts)
+        if self._collective:  # batches are gathered in memory on every rank; rank 0 writes the entry
+            arrays = extract(backbone, split, fn, distributed=True, **opts)
             if ddp.rank() == 0:
                 w = _EntryWriter(d, len(split))
                 try:
@@ -257,7 +271,7 @@ class FeatureStore:
         else:  # one process: batches stream to disk, memory holds a batch, not the split
             w = _EntryWriter(d, len(split))
             try:
-                extract(backbone, split, fn, sink=w.add, **opts)
+                extract(backbone, split, fn, sink=w.add, distributed=False, **opts)
                 w.commit(key, ids)
             finally:
                 w.abort()
@@ -310,7 +324,7 @@ class FeatureStore:
                     extract(backbone, split, lambda x: [backbone.embed(x)], device=device,
                             batch_size=self.batch_size, num_threads=self.num_threads, progress=progress,
                             sink=lambda b, arrs: w.add(b, arrs), workers=self.workers, amp=self.amp,
-                            channels_last=self.channels_last, rows=(lo, hi))
+                            channels_last=self.channels_last, rows=(lo, hi), distributed=False)
                     w.commit({**key, "rows": [lo, hi], "shard": [i, N]}, ids[lo:hi])
                 finally:
                     w.abort()
@@ -465,6 +479,7 @@ def extract(
     amp: str | None = None,
     channels_last: bool = False,
     rows: tuple[int, int] | None = None,
+    distributed: bool | None = None,
 ) -> list["np.ndarray"] | None:
     """Run ``fn`` over the split in batches; image decoding/preprocessing overlaps the forward pass.
 
@@ -477,6 +492,7 @@ def extract(
     'fp16') runs the forward under autocast and ``channels_last`` converts the batch layout. The batches are
     the same whatever the loader, so the defaults give the same bits as before. ``rows=(lo, hi)`` extracts
     only those rows (``lo`` a multiple of ``batch_size``: the batches of a whole-split run, hence its bits).
+    ``distributed`` (default: whether torch.distributed is initialised) shares the batches among the ranks.
     """
     import numpy as np
     import torch
@@ -496,9 +512,11 @@ def extract(
     starts = list(range(0, len(samples), batch_size))
     if not starts:
         raise DermbenchError(f"split {split.name!r} of {split.dataset.name!r} is empty: nothing to extract")
-    if sink is not None and ddp.is_active():
+    dist = ddp.is_active() if distributed is None else (distributed and ddp.is_active())
+    if sink is not None and dist:
         raise DermbenchError("extract(sink=...) is single-process; under torchrun batches are gathered")
-    mine = starts[ddp.rank() :: ddp.world()]
+    rank, world = (ddp.rank(), ddp.world()) if dist else (0, 1)
+    mine = starts[rank::world]
     cuda = str(device).startswith("cuda")
     workers = default_workers(device) if workers is None else int(workers)
     autocast = (torch.autocast(device_type=str(device).split(":")[0],
@@ -518,7 +536,7 @@ def extract(
         else:
             results[lo] = out
         if progress is not None:
-            progress(len(out[0]) * ddp.world())
+            progress(len(out[0]) * world)
 
     if workers > 0:
         loader = torch.utils.data.DataLoader(
@@ -539,7 +557,7 @@ def extract(
                 consume(lo, x)
     if sink is not None:
         return None
-    if ddp.is_active():
+    if dist:
         for part in ddp.all_gather(results):
             results.update(part)
     n_out = len(results[starts[0]])

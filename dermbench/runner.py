@@ -800,7 +800,8 @@ class Runner:
                         state = self.store.extract_shard(bb, split, self.opts.shard, device=self.opts.device,
                                                          progress=adv)
                     else:
-                        self.store.embeddings(bb, split, device=self.opts.device, progress=adv)
+                        with self.store.collective():  # under torchrun: all ranks share the batches
+                            self.store.embeddings(bb, split, device=self.opts.device, progress=adv)
                         state = "done"
                 self.log(f"features {cell.model} / {cell.dataset}:{name}"
                          f"{f' shard {self.opts.shard[0]}/{self.opts.shard[1]}' if self.opts.shard else ''}: {state}")
@@ -821,7 +822,8 @@ class Runner:
                 self.log(f"  pre-extraction of {cell.model}/{cell.dataset} skipped: {e}")
                 continue
             for name in sorted(ds.splits):
-                with self.progress(f"features {cell.model} / {cell.dataset}:{name}", len(ds.splits[name])) as adv:
+                with self.progress(f"features {cell.model} / {cell.dataset}:{name}", len(ds.splits[name])) as adv, \
+                        self.store.collective():  # all ranks extract together; rank 0 alone later reads
                     self.store.embeddings(bb, ds.split(name), device=self.opts.device, progress=adv)
 
     def run_cell(self, cell: Cell, tinfo: TaskInfo, params: dict[str, Any], config: dict, chash: str) -> ResultRecord:

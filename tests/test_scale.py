@@ -274,3 +274,41 @@ def test_sharded_extraction_parts_merge_into_the_single_process_entry(tmp_path):
     got = st2.embeddings(bb, split)
     assert np.array_equal(got, ref) and st2.stats.images_forwarded == 0 and st2.stats.hits == 1  # no forward pass
     assert not (parts.parent).exists()
+
+
+DDP_SCRIPT = r"""
+import sys
+from pathlib import Path
+import numpy as np
+import torch.distributed as dist
+sys.path.insert(0, sys.argv[2])
+from test_scale import Tiny, _synth
+from dermbench import distributed as ddp
+from dermbench.features import FeatureStore, extract
+dist.init_process_group("gloo")
+from dermbench import plugins
+bb = Tiny()
+ds = plugins.registry().dataset("dermsynth").obj(None, n=24, size=32)
+st = FeatureStore(Path(sys.argv[1]), batch_size=4)
+with st.collective():  # both ranks: batches shared, gathered, rank 0 writes
+    x = np.array(st.embeddings(bb, ds.split("train")))
+ref = extract(bb, ds.split("train"), lambda t: [bb.embed(t)], batch_size=4, distributed=False)[0]
+assert np.array_equal(x, ref)
+if ddp.rank() == 0:  # rank 0 alone afterwards (as when it runs the tasks): a hit, then a miss, no collective
+    assert np.array_equal(st.embeddings(bb, ds.split("train")), ref)
+    y = st.embeddings(bb, ds.split("test"))
+    print(f"rank0 misses={st.stats.misses} hits={st.stats.hits} test_rows={len(y)}", flush=True)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow  # torchrun with 2 ranks
+def test_torchrun_ranks_extract_together_then_rank0_works_alone_without_hanging(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    r = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
+                        str(script), str(tmp_path / "cache"), str(Path(__file__).parent)],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank0 misses=2 hits=1 test_rows=12" in r.stdout, r.stdout
