@@ -312,3 +312,28 @@ def test_torchrun_ranks_extract_together_then_rank0_works_alone_without_hanging(
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "rank0 misses=2 hits=1 test_rows=12" in r.stdout, r.stdout
+
+
+def test_segmentation_heads_stream_memory_mapped_patch_maps_batch_by_batch(tmp_path):
+    """Patch maps come from the store read-only and memory-mapped; training and prediction take one batch of
+    rows at a time and give the same head and masks as with the maps in memory."""
+    import torch
+
+    from dermbench_plugins.tasks.segmentation import predict_masks, train_head
+    from dermbench_plugins.tasks.segmentation.heads import build_head
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(10, 8, 4, 4)).astype(np.float16)
+    masks = rng.random((10, 16, 16)) > 0.5
+    key = {**_key(), "kind": "patch", "layers": [-1], "dtype": "float16"}
+    st = FeatureStore(tmp_path)
+    st.put(key, [f"i{j}" for j in range(10)], [maps])
+    mm = st.read(key, [f"i{j}" for j in range(10)])
+    assert isinstance(mm[0].base, np.memmap) and not mm[0].flags.writeable
+    out = []
+    for m in ([maps], mm):
+        torch.manual_seed(0)
+        head = build_head("linear", [8], [(4, 4)])
+        losses = train_head(head, m, masks, epochs=2, lr=1e-2, batch_size=4, weight_decay=0.0, seed=0)
+        out.append((losses, predict_masks(head, m, 16, batch_size=3)))
+    assert out[0][0] == out[1][0] and np.array_equal(out[0][1], out[1][1])

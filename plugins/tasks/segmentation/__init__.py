@@ -357,7 +357,7 @@ def train_head(head: Any, maps: list["np.ndarray"], masks: "np.ndarray", *, epoc
         tot, cnt = 0.0, 0
         for idx in _batches(torch.randperm(n, generator=g), batch_size):
             ix = idx.numpy()
-            feats = [torch.from_numpy(m[ix]).to(device).float() for m in maps]
+            feats = [torch.from_numpy(m[ix]).to(device).float() for m in maps]  # m[ix]: this batch's rows only
             logits = F.interpolate(head(feats), size=size, mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, target_all[idx].to(device).long())
             opt.zero_grad(set_to_none=True)
@@ -383,7 +383,8 @@ def predict_masks(head: Any, maps: list["np.ndarray"], size: int, batch_size: in
     out = np.zeros((n, size, size), dtype=bool)
     with torch.no_grad():
         for lo in range(0, n, batch_size):
-            feats = [torch.from_numpy(m[lo : lo + batch_size]).to(device).float() for m in maps]
+            # maps are memory-mapped by the feature store: one batch is read (copied) at a time, never the whole set
+            feats = [torch.tensor(m[lo : lo + batch_size]).to(device).float() for m in maps]
             logits = F.interpolate(head(feats), size=(size, size), mode="bilinear", align_corners=False)
             out[lo : lo + batch_size] = (logits.argmax(1) == 1).cpu().numpy()
     return out
