@@ -12,6 +12,17 @@ METRICS = {
     "log_loss": "log-loss",
     "dice": "Dice",
     "jaccard": "Jaccard",
+    "mean:bleu1": "BLEU-1",
+    "mean:bleu2": "BLEU-2",
+    "mean:bleu3": "BLEU-3",
+    "mean:bleu4": "BLEU-4",
+    "mean:meteor": "METEOR",
+    "mean:rougeL": "ROUGE-L",
+    "mean:rouge1": "ROUGE-1",
+    "mean:rouge2": "ROUGE-2",
+    "mean:cider": "CIDEr",
+    "corpus_bleu4": "corpus BLEU-4",
+    "corpus_bleu1": "corpus BLEU-1",
 }
 DATASETS = {
     "ham10000": "HAM10000",
