@@ -302,7 +302,7 @@ def _pick_model(info: Any, reg: Any) -> str | None:
     return DEFAULT_TASK_MODEL if DEFAULT_TASK_MODEL in fits else (fits[0] if fits else None)
 
 
-def check_task_output(output: Any, dataset: Any, info: Any, r: _Report, n_boot: int = 50) -> None:
+def check_task_output(output: Any, dataset: Any, info: Any, r: _Report, out_dir: Path, n_boot: int = 50) -> None:
     """What the runner and leaderboard rely on in a TaskOutput; one row per property."""
     import numpy as np
 
@@ -339,8 +339,7 @@ def check_task_output(output: Any, dataset: Any, info: Any, r: _Report, n_boot: 
     nonfinite = []
     for k, v in preds.items():
         a = _as_array(v)
-        if a is None or a.ndim == 0:
-            lengths[k] = "not an array"
+        if a is None or a.ndim == 0:  # a scalar a metric resolver reads (e.g. a minimum group size)
             continue
         lengths[k] = a.shape[0]
         # only what is scored must be finite (a group label may be NaN for an unknown group)
@@ -376,9 +375,10 @@ def check_task_output(output: Any, dataset: Any, info: Any, r: _Report, n_boot: 
     except Exception as e:
         r.check("extra is JSON-able", False, f"{type(e).__name__}: {e}",
                 "keep TaskOutput.extra to dicts, lists, numbers, strings (numpy arrays are converted)")
-    missing_art = [a for a in output.artifacts if not Path(a).exists()]
+    # absolute, or relative to the record's folder (the parent of ctx.out_dir) as the runner stores them
+    missing_art = [a for a in output.artifacts if not any(p.exists() for p in (Path(a), out_dir.parent / a))]
     r.check("artifacts exist", not missing_art, f"{len(output.artifacts)} file(s)",
-            f"write {missing_art} under ctx.out_dir before returning them")
+            f"write {missing_art} under ctx.out_dir before returning them (absolute, or relative to its parent)")
     from dermbench import api
 
     validate = getattr(api, "validate_task_output", None)
@@ -488,7 +488,7 @@ def check_task(name: str, model: str | None = None, dataset: str = "dermsynth", 
             r.error(f"run on {len(ds)} {dataset} images", e,
                     "" if isinstance(e, DermbenchError) else "fix the task's run(ctx)")
             return r.done()
-        check_task_output(output, ds, info, r, n_boot=n_boot)
+        check_task_output(output, ds, info, r, out_dir, n_boot=n_boot)
         r.out["split"] = getattr(getattr(output, "split", None), "name", None)
     return r.done()
 
