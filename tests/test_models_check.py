@@ -282,3 +282,25 @@ def test_check_task_refuses_unknown_options_before_running():
     (row,) = [c for c in r["checks"] if c["check"] == "task options valid"]
     assert not r["ok"] and "has no option(s) ['kk']" in row["detail"] and "k=5" in row["detail"]
     assert not any(c["check"].startswith("run on") for c in r["checks"])
+
+
+def test_every_first_party_task_passes_the_metadata_checks():
+    """No false alarms: the built-in tasks' TaskInfo, metric names and options pass (warnings allowed)."""
+    from dermbench.check import _Report, check_task_info
+    from dermbench.plugins import registry
+
+    tasks = {n: e for n, e in registry().tasks.items() if e.plugin.startswith("tasks-")}
+    assert {"retrieval", "probe", "segmentation", "fairness", "captioning", "federated"} <= set(tasks)
+    for name, e in tasks.items():
+        r = _Report("task", name, e.plugin, False)
+        check_task_info(e.info, e.obj, r)
+        assert r.done()["ok"], [c for c in r.out["checks"] if not c["ok"]]
+
+
+def test_embedded_datasets_pass_the_dataset_checks():
+    from dermbench.check import check_dataset
+
+    for name in ("dermsynth", "dermsynth-severity"):
+        r = check_dataset(name, dataset_opts={"n": 60})
+        assert r["ok"], format_report(r)
+        assert r["n"] == 60 and r["splits"] == {"train": 30, "test": 30}
