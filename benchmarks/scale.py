@@ -172,7 +172,8 @@ def main() -> None:
     boot_sizes, boot_models = ((2000, 10_000), 3) if a.quick else ((10_000, 100_000), 10)
     import os
 
-    print(f"machine: {os.cpu_count()} cores; medians of {R} runs{' (QUICK MODE: not the reported figures)' if a.quick else ''}")
+    quick = " (QUICK MODE: not the reported figures)" if a.quick else ""
+    print(f"machine: {os.cpu_count()} cores; medians of {R} runs{quick}")
 
     knn, s, boots = [], None, []
     if "knn" in parts:
@@ -192,8 +193,9 @@ def main() -> None:
 
     if "store" in parts:
         s = bench_store(store_n, R)
-        print(f"store read {s['n']} x 384 float32 ({s['MB']:.0f} MB) + one pass: FeatureStore.read {s['store_s']:.3f} s, "
-              f"np.load(mmap_mode='r') {s['raw_s']:.3f} s, ratio {s['ratio']:.2f} (write via put: {s['write_s']:.2f} s)")
+        print(f"store read {s['n']} x 384 float32 ({s['MB']:.0f} MB) + one pass: FeatureStore.read "
+              f"{s['store_s']:.3f} s, np.load(mmap_mode='r') {s['raw_s']:.3f} s, ratio {s['ratio']:.2f} "
+              f"(write via put: {s['write_s']:.2f} s)")
 
     if "boot" in parts:
         boots = [bench_boot(n, boot_models, 1000, R) for n in boot_sizes]
