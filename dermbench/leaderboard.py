@@ -497,7 +497,7 @@ def _build_columns(groups: list[Group], scorer: _Scorer) -> tuple[list[Column], 
 def _test_column(col: Column, correction: str) -> None:
     """Best (direction-aware), paired tests vs the best, one Holm family per column."""
     valid = {m: e for m, e in col.entries.items() if e.value is not None}
-    if not valid:
+    if not valid or not col.ranked:  # unranked (binned ECE): values only, no best, no tests
         return
     sign = 1.0 if col.higher_is_better else -1.0
     top = max(sign * e.value for e in valid.values())  # type: ignore[operator]
@@ -633,7 +633,10 @@ def _overall(main: list[Column]) -> dict[str, dict[str, Any]]:
 # Fairness board (from the fairness task's per-attribute report, computed on the record's resamples)
 
 
-def _fairness_rows(groups: list[Group]) -> list[dict[str, Any]]:
+def _fairness_rows(groups: list[Group], scorer: "_Scorer | None" = None) -> list[dict[str, Any]]:
+    """One row per (model, dataset, attribute, metric). Gap, worst group and EOD intervals are recomputed from
+    the record's predictions (projection intervals, valid at a gap of 0) whatever the record's version; the
+    permutation p-value and the per-group values come from the fairness task's report."""
     rows = []
     for g in groups:
         if not _is_fairness_task(g):
@@ -643,19 +646,34 @@ def _fairness_rows(groups: list[Group]) -> list[dict[str, Any]]:
             if not isinstance(tab, dict):
                 continue
             for metric, gap in (tab.get("gaps") or {}).items():
-                worst = (tab.get("worst") or {}).get(metric) or {}
-                per_group = {name: ((d.get("metrics") or {}).get(metric) or {}) | {"n": d.get("n")}
+                worst = dict((tab.get("worst") or {}).get(metric) or {})
+                eod = dict(tab.get("equalized_odds") or {}) if metric == "auroc_macro" else None
+                gap = dict(gap)
+                gap.setdefault("ci_method", "percentile (legacy record: not valid at a gap of 0)")
+                if scorer is not None:
+                    for name, d in ((f"gap:{metric}@{attr}", gap), (f"worst:{metric}@{attr}", worst),
+                                    (f"eod@{attr}", eod)):
+                        if d is None:
+                            continue
+                        try:
+                            prep = scorer.prepared(r)
+                            sc = stats.evaluate(prep, name, scorer.resamples(r, prep), ci="percentile", alpha=ALPHA)
+                        except Exception:  # plugin not loaded here or labels missing: keep the record's numbers
+                            continue
+                        if sc.value is not None:
+                            d.update(value=sc.value, ci_low=sc.summary["ci_low"], ci_high=sc.summary["ci_high"],
+                                     ci_method=sc.summary["ci_method"])
+                per_group = {name: dict((d.get("metrics") or {}).get(metric) or {}, n=d.get("n"))
                              for name, d in (tab.get("groups") or {}).items() if d.get("status") == "scored"}
                 rows.append({
                     "model": g.model, "task": g.task, "dataset": g.dataset, "attribute": attr, "metric": metric,
                     "groups": per_group, "gap": gap.get("value"), "gap_ci": [gap.get("ci_low"), gap.get("ci_high")],
-                    "gap_ci_method": gap.get("ci_method", "percentile (legacy record: not valid at a gap of 0)"),
+                    "gap_ci_method": gap.get("ci_method"),
                     "p_value": gap.get("p_value"), "p_holm": gap.get("p_holm"),
                     "worst_group": worst.get("group"), "worst": worst.get("value"),
                     "worst_ci": [worst.get("ci_low"), worst.get("ci_high")],
-                    "eod": (tab.get("equalized_odds") or {}).get("value") if metric == "auroc_macro" else None,
-                    "eod_ci": [(tab.get("equalized_odds") or {}).get("ci_low"),
-                               (tab.get("equalized_odds") or {}).get("ci_high")] if metric == "auroc_macro" else None,
+                    "eod": None if eod is None else eod.get("value"),
+                    "eod_ci": None if eod is None else [eod.get("ci_low"), eod.get("ci_high")],
                     "seeds": [x.seed for x in g.records],
                 })
     return rows
@@ -1110,7 +1128,7 @@ def build(
     notes = _notes(ci, correction, main + detail + calib, B) + dup_notes
     if problems:
         notes.append(f"**{len(problems)} unreadable or malformed record(s)** were left out; see 'Left out / unreadable'.")
-    return {"main": main, "detail": detail, "calibration": calib, "fairness": _fairness_rows(groups),
+    return {"main": main, "detail": detail, "calibration": calib, "fairness": _fairness_rows(groups, scorer),
             "ranks": ranks, "meta": meta, "order": order, "notes": notes, "left_out": left_out, "problems": problems,
             "references": ref_rows, "reference_doc": ref_doc, "groups": groups, "n_boot": B}
 
