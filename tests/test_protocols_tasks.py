@@ -36,7 +36,8 @@ def test_protocol_presets_resolve_documented_options():
         "retrieval": {"dermino": {"tie_break": "lowest"}},
         "segmentation": {"dermino": {"metric": "dermino", "batch_size": 64, "schedule": "dermino",
                                      "mask_resize": "bilinear"}},
-        "captioning": {"dermino": {"metrics": "dermino"}},
+        "captioning": {"dermino": {"metrics": "dermino", "visual_tokens": 0, "visual_expand": 8, "max_len": 256,
+                                   "pre_prompt": "<s>[INST] ", "num_beams": 1}},
     }
     for task, presets in want.items():
         info = reg.task(task).info
@@ -93,3 +94,25 @@ def test_segmentation_dermino_metric_in_the_record_equals_the_authors_function(t
     lo, hi = rec["metrics"]["dermino_dice"]["ci_low"], rec["metrics"]["dermino_dice"]["ci_high"]
     assert lo <= d[0] <= hi
     assert stats.point(pr, "dermino_jac") == pytest.approx(j[0])
+
+
+def test_caption_prefix_expands_cls_into_8_tokens_between_template_parts():
+    """The DermINO authors' layout: [<s>[INST] ] [8 tokens = Linear(D, 8H)(CLS)] [instruction] [caption]."""
+    import torch
+
+    from dermbench_plugins.tasks.captioning import lm as L
+
+    caps = ["a brown macule", "a red plaque"]
+    tok = L.word_tokenizer(caps + ["<s>[INST] Please descript this dermatology image: [/INST]"])
+    model = L.tiny_lm(tok, n_positions=64, dim=32, layers=1, seed=0)
+    lm = L.LanguageModel(model, tok, "tiny", "tiny", model.config.n_embd, torch.float32, [])
+    cap = L.PrefixCaptioner(lm, 12, prompt=" Please descript this dermatology image: [/INST]", max_len=8, seed=0,
+                            device="cpu", expand=8, pre_prompt="<s>[INST] ")
+    pre, post = len(cap.pre_ids), len(cap.head_ids)
+    assert pre >= 1 and post >= 5 and cap.proj.out_features == 8 * 32
+    vis = torch.randn(3, 1, 12)
+    emb = cap._prefix(vis)
+    assert emb.shape == (3, pre + 8 + post, 32)
+    # the 8 visual positions are the reshaped projection of the single CLS vector
+    np.testing.assert_allclose(emb[:, pre : pre + 8].detach().numpy(),
+                               cap.proj(vis).reshape(3, 8, 32).detach().numpy(), rtol=1e-6)

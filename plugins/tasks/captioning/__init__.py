@@ -61,6 +61,8 @@ DEFAULTS = {
     "tiny_dim": 128,
     "tiny_layers": 2,
     "prompt": "",
+    "pre_prompt": "",
+    "visual_expand": 1,
     "max_len": 96,
     "num_beams": 1,
     "meteor": True,
@@ -70,23 +72,29 @@ DEFAULTS = {
 }
 #: declarative checks applied by the runner before any work (dermbench.api.TaskInfo.option_ranges)
 OPTION_RANGES = {"epochs": (1, None), "batch_size": (1, None), "max_len": (1, None), "num_beams": (1, None),
-                 "lora_r": (1, None), "visual_tokens": (0, None), "metrics": frozenset({"coco", "dermino"})}
+                 "lora_r": (1, None), "visual_tokens": (0, None), "metrics": frozenset({"coco", "dermino"}),
+                 "visual_expand": (1, None)}
 
 INFO = TaskInfo(
     name="captioning",
     description="frozen features -> linear projection -> causal LM (lm=tiny offline, or an HF id with LoRA); "
     "BLEU/METEOR/ROUGE/CIDEr via pycocoevalcap + rouge-score; nearest-neighbour caption baseline; "
     "metrics=coco|dermino (dermino: the DermINO authors' scoring first: nltk corpus BLEU on whitespace tokens, "
-    "nltk METEOR with offline WordNet, rouge-score, CIDEr on raw strings)",
+    "nltk METEOR with offline WordNet, rouge-score, CIDEr on raw strings); visual_expand=N (each visual token -> "
+    "N LM tokens by one linear map, the authors' 8 from CLS); pre_prompt / prompt: text before / after the "
+    "visual tokens",
     requires=frozenset({"captions"}),
     capabilities=frozenset({"cls"}),
     metrics=METRICS,
     primary_metric="mean:cider",
     defaults=DEFAULTS,
     option_ranges=OPTION_RANGES,
-    # DermINO's mytrain.py scoring; its visual input (8 tokens expanded from CLS, [INST] template, greedy 256
-    # tokens) is not reproduced yet (docs/protocols.md)
-    protocols={"dermino": {"metrics": "dermino"}, "panderm": {}},
+    # DermINO's mytrain.py / model.py: CLS -> Linear(D, 8*H) = 8 tokens between "<s>[INST] " and the instruction,
+    # greedy decoding of up to 256 tokens, captions truncated at 256, AdamW wd 0.05, batch 4; its scoring
+    protocols={"dermino": {"metrics": "dermino", "visual_tokens": 0, "visual_expand": 8, "pre_prompt": "<s>[INST] ",
+                           "prompt": " Please descript this dermatology image: [/INST]", "max_len": 256,
+                           "num_beams": 1, "weight_decay": 0.05, "batch_size": 4},
+               "panderm": {}},
     available=not _MISSING,
     unavailable_reason=f"missing {', '.join(_MISSING)}: pip install 'dermbench[caption]'" if _MISSING else "",
 )
@@ -209,7 +217,8 @@ class Captioning:
 
         t0 = time.perf_counter()
         cap = L.PrefixCaptioner(lm, vtr.shape[-1], prompt=str(self.p["prompt"]), max_len=self.max_len,
-                                seed=ctx.seed, device=ctx.device)
+                                seed=ctx.seed, device=ctx.device, expand=int(self.p["visual_expand"]),
+                                pre_prompt=str(self.p["pre_prompt"]))
         lm.n_trainable, lm.n_total = L.count_params(lm.model)
         lm.n_trainable += sum(p.numel() for p in cap.proj.parameters())
         with ctx.progress(f"captioning train ({lm.name})", self.epochs) as adv:
@@ -267,7 +276,10 @@ class Captioning:
 
         artifacts = self._write_table(ctx, preds, base.per_caption)
         extra = {
-            "lm": lm.name, "lm_kind": lm.kind, "visual": vis_src, "visual_tokens": max(1, self.visual_tokens),
+            "lm": lm.name, "lm_kind": lm.kind, "visual": vis_src,
+            "visual_tokens": max(1, self.visual_tokens) * max(1, int(self.p["visual_expand"])),
+            "visual_expand": int(self.p["visual_expand"]),
+            "template": [str(self.p["pre_prompt"]), "<visual>", str(self.p["prompt"])],
             "resolved": {"epochs": self.epochs, "batch_size": self.batch_size, "lr_proj": self.lr_proj,
                          "lr_lm": self.lr_lm, "num_beams": self.num_beams, "max_len": self.max_len,
                          "lora": ({"r": int(self.p["lora_r"]), "alpha": int(self.p["lora_alpha"]),
@@ -307,7 +319,9 @@ class Captioning:
 
         if self.kind == "tiny":
             tok = L.word_tokenizer(cap_tr)
-            model = L.tiny_lm(tok, n_positions=k + self.max_len + 8 + len(str(self.p["prompt"]).split()) * 2,
+            k = k * max(1, int(self.p["visual_expand"]))
+            words = len(str(self.p["prompt"]).split()) + len(str(self.p["pre_prompt"]).split())
+            model = L.tiny_lm(tok, n_positions=k + self.max_len + 8 + words * 2,
                               dim=int(self.p["tiny_dim"]), layers=int(self.p["tiny_layers"]), seed=ctx.seed)
             import torch
 

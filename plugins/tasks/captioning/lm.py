@@ -154,18 +154,25 @@ def load_hf_lm(name: str, *, device: str, lora_r: int, lora_alpha: int, lora_dro
 class PrefixCaptioner:
     """Projection (visual tokens -> LM embedding space) + causal LM; teacher-forced training, beam/greedy decoding."""
 
-    def __init__(self, lm: LanguageModel, in_dim: int, *, prompt: str, max_len: int, seed: int, device: str):
+    def __init__(self, lm: LanguageModel, in_dim: int, *, prompt: str, max_len: int, seed: int, device: str,
+                 expand: int = 1, pre_prompt: str = ""):
+        """``expand``: each visual token becomes ``expand`` LM tokens through one Linear(D, expand*H) (the DermINO
+        authors map CLS to 8 tokens this way); ``pre_prompt``: text placed before the visual tokens (their
+        ``<s>[INST] ``), ``prompt`` after them (without ``pre_prompt``, a BOS token leads ``prompt``)."""
         import torch
 
         self.lm, self.device, self.max_len = lm, device, max_len
+        self.expand = max(1, int(expand))
         tok = lm.tokenizer
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 1)
-            self.proj = torch.nn.Linear(in_dim, lm.hidden)
+            self.proj = torch.nn.Linear(in_dim, lm.hidden * self.expand)
         self.proj.to(device)
         lm.model.to(device)
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        self.head_ids = bos + (tok(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+        self.pre_ids = tok(pre_prompt, add_special_tokens=False)["input_ids"] if pre_prompt else []
+        self.head_ids = ([] if self.pre_ids else bos) + (tok(prompt, add_special_tokens=False)["input_ids"]
+                                                          if prompt else [])
         self.eos = tok.eos_token_id
 
     # ---------------------------------------------------------------- encoding
@@ -182,10 +189,15 @@ class PrefixCaptioner:
         import torch
 
         v = self.proj(vis.to(self.device, torch.float32)).to(self.lm.dtype)
-        if not self.head_ids:
-            return v
-        head = torch.tensor(self.head_ids, device=self.device).unsqueeze(0).expand(v.shape[0], -1)
-        return torch.cat([v, self._embed_tokens(head).to(self.lm.dtype)], dim=1)
+        if self.expand > 1:  # (B, k, expand*H) -> (B, k*expand, H)
+            v = v.reshape(v.shape[0], v.shape[1] * self.expand, -1)
+        parts = [v]
+        for ids, at_end in ((self.pre_ids, False), (self.head_ids, True)):
+            if ids:
+                t = torch.tensor(ids, device=self.device).unsqueeze(0).expand(v.shape[0], -1)
+                e = self._embed_tokens(t).to(self.lm.dtype)
+                parts = parts + [e] if at_end else [e] + parts
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def loss(self, vis, cap_ids: list[list[int]]):
         import torch
