@@ -679,6 +679,8 @@ _LAZY: dict[str, str] = {
                      "simultaneous_intervals"), "dermbench.stats"),
     # key=value option parsing, as the CLI does it (typed values: 1 -> int, 0.5 -> float, a,b -> list)
     "parse_options": "dermbench.cli:parse_kv",
+    # progress lines with rate and ETA when stdout is not a terminal (logs, CI)
+    **dict.fromkeys(("LineProgress", "is_terminal"), "dermbench.progress"),
 }
 
 # clinical generalisation (issue 18): diagnosis vocabulary, dataset views, operating points, near-duplicate audit

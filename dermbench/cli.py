@@ -99,7 +99,8 @@ def route_task_opts(raw: dict[str, Any], tasks: list[str]) -> dict[str, dict[str
 
 @app.command()
 def run(
-    model: str = typer.Option(..., "--model", "-m", help="model name(s), comma-separated"),
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model name(s), comma-separated (or models: in --config)"),
     task: str = typer.Option("all", "--task", "-t", help="task name(s), comma-separated, or 'all'"),
     dataset: str = typer.Option("dermsynth", "--dataset", "-d", help="dataset name(s), comma-separated"),
     data_root: list[str] = typer.Option([], "--data-root",
@@ -137,12 +138,38 @@ def run(
     shots: Optional[str] = typer.Option(None, "--shots",
                                         help="alias of --task-opt shots=... (labelled images per class, e.g. 1,5,10)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="YAML run file (e.g. suites/lite.yaml): its keys stand for the flags; "
+                                               "a flag also given must agree with it"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list planned / reused / skipped cells and the estimated "
+                                                          "time; loads no model, writes nothing"),
 ) -> None:
     """Run models x tasks x datasets; finished cells are skipped, results are written as JSON records."""
     import json
 
     from dermbench import runner
 
+    run_file = None
+    if config is not None:
+        from click.core import ParameterSource
+
+        from dermbench import runfile
+
+        data, sha = runfile.load(config)
+        explicit = {k for k in ctx.params
+                    if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+        merged = runfile.merge(config, runfile.to_cli_values(data), ctx.params, explicit)
+        _check_run_file_roots(config, data)
+        model, task, dataset, seed, data_root = (merged[k] for k in ("model", "task", "dataset", "seed", "data_root"))
+        out, device, overwrite, weights = (merged[k] for k in ("out", "device", "overwrite", "weights"))
+        task_opt, dataset_opt, model_opt = (merged[k] for k in ("task_opt", "dataset_opt", "model_opt"))
+        split_seed, cache_dir, batch_size, n_boot, ci, protocol = (
+            merged[k] for k in ("split_seed", "cache_dir", "batch_size", "n_boot", "ci", "protocol"))
+        commercial_only, skip_bad_images, shard = (merged[k] for k in ("commercial_only", "skip_bad_images", "shard"))
+        run_file = {"path": str(Path(config).resolve()), "sha256": sha}
+    if not model:
+        raise DermbenchError("no model given: pass --model NAME[,NAME...] (see `dermbench list models`), or "
+                             "--config FILE whose models: lists them")
     models = runner.split_names(model)
     tasks = runner.split_names(task)
     datasets = runner.split_names(dataset)
@@ -181,8 +208,13 @@ def run(
         weights=wmap, cache_dir=cache_dir, batch_size=batch_size, n_boot=n_boot, ci=ci, split_seed=split_seed,
         commercial_only=commercial_only, skip_bad_images=skip_bad_images, shard=shard_t, protocol=protocol,
         extract_only=extract_only, extract_workers=extract_workers, amp=amp, channels_last=channels_last,
+        run_file=run_file,
     )
     runner.validate_run(p, opts)  # every option checked before any dataset is loaded or feature extracted
+    if dry_run:
+        for line in runner.dry_run(p, opts).lines():
+            print(line)
+        return
     console = None if quiet else _console()
     try:
         summary = runner.execute(p, opts, console=console, quiet=quiet)
@@ -193,6 +225,16 @@ def run(
         _print_summary(console, summary, out)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _check_run_file_roots(path: Path, data: dict) -> None:
+    """A run file's data_root must exist before anything runs (naming the key, the path and the fix)."""
+    roots = data.get("data_root")
+    items = [("data_root", roots)] if isinstance(roots, str) else [(f"data_root.{k}", v) for k, v in (roots or {}).items()]
+    for key, value in items:
+        if not Path(value).expanduser().exists():
+            raise DermbenchError(f"run file {path}: {key} = {value!r} does not exist; fix the path in the run file "
+                                 "(relative paths are taken from the current directory)")
 
 
 def parse_seeds(value: str) -> list[int]:
@@ -264,11 +306,14 @@ def _print_summary(console, summary, out: Path) -> None:
                           "n/a" if lo is None else f"[{lo:.3f}, {hi:.3f}]")
         console.print(t)
     if summary.skipped:
-        console.print(f"[yellow]{len(summary.skipped)} cell(s) skipped[/] (see reasons above)")
+        console.print(f"[yellow]{len(summary.skipped)} cell(s) skipped[/] (reasons above)")
     if summary.failed:
         console.print(f"[red]{len(summary.failed)} cell(s) failed:[/]")
-        for cell, msg in summary.failed:
-            console.print(f"  {cell.label}: {msg}", highlight=False)
+        by_msg: dict[str, list] = {}
+        for cell, msg in summary.failed:  # one message once, with the cells it stopped
+            by_msg.setdefault(msg, []).append(cell)
+        for msg, cells in by_msg.items():
+            console.print(f"  {', '.join(f'{c.model}×{c.task}×{c.dataset}' for c in cells)}: {msg}", highlight=False)
 
 
 @app.command("list")
@@ -507,16 +552,20 @@ def audit(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", "-o"),
-    models: str = typer.Option("auto", "--models", help="'auto': every model whose weights exist here, plus dermino"),
+    out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="results, leaderboard and demo.log (third-party "
+                                                                    "library messages) go here"),
+    models: str = typer.Option("auto", "--model", "-m", help="model name(s), comma-separated; 'auto': every model "
+                                                             "whose weights exist here, plus dermino"),
+    models_old: Optional[str] = typer.Option(None, "--models", hidden=True, help="old name of --model"),
     n: int = typer.Option(400, "--n", help="dermsynth images"),
-    task: str = typer.Option("all", "--task"),
+    task: str = typer.Option("all", "--task", "-t", help="task name(s), comma-separated, or 'all'"),
     publish: Optional[Path] = typer.Option(None, "--publish", help="also write md/csv/json/html + plots here"),
     n_boot: int = typer.Option(N_BOOT, "--n-boot", help="bootstrap replicates (more give the paired tests finer p-values)"),
 ) -> None:
     """The main job: all offline-runnable models x all tasks on dermsynth, then the leaderboard."""
     from dermbench.demo import run_demo
 
+    models = models_old or models
     raise typer.Exit(run_demo(out, models=models, n=n, tasks=task, publish=publish, console=_console(),
                               n_boot=n_boot))
 

@@ -32,10 +32,10 @@ FORMAT = 2  # 1 = single .npz per entry (still readable), 2 = directory of .npy 
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("DERMBENCH_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dermbench"
+    """``dermbench.weights.cache_dir()``: DERMBENCH_CACHE (DERMBENCH_HOME a deprecated alias), else ~/.cache."""
+    from dermbench.weights import cache_dir
+
+    return cache_dir()
 
 
 def default_workers(device: str) -> int:

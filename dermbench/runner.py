@@ -57,6 +57,7 @@ class Cell:
 class Plan:
     cells: list[Cell] = field(default_factory=list)
     skipped: list[tuple[Cell, str]] = field(default_factory=list)  # incompatible, with the reason
+    notes: list[str] = field(default_factory=list)  # one-line facts about the plan (e.g. a variant routing)
 
 
 @dataclass
@@ -98,10 +99,14 @@ class RunOptions:
     extract_workers: int | None = None  # DataLoader decode workers (None: threads on CPU, free cores on CUDA)
     amp: str | None = None  # bf16 | fp16 autocast during extraction (changes features: keyed and hashed)
     channels_last: bool = False  # channels-last input layout during extraction (keyed and hashed)
+    run_file: dict[str, str] | None = None  # {"path", "sha256"} of --config (provenance only, never hashed)
 
     def root_for(self, dataset: str) -> Path | None:
         # a view <dataset>:<view> (dermbench.views) reads its base dataset's files
-        root = self.data_roots.get(dataset, self.data_roots.get(dataset.split(":", 1)[0], self.data_root))
+        base = dataset.split(":", 1)[0]
+        # a task variant (ph2-seg) reads its main dataset's folder when only that one was given (--data-root ph2=)
+        variant_of = next((k for k in self.data_roots if base.startswith(k + "-")), None)
+        root = self.data_roots.get(dataset, self.data_roots.get(base, self.data_roots.get(variant_of or "", self.data_root)))
         return None if root is None else Path(root)
 
 
@@ -148,11 +153,72 @@ def plan(models: Sequence[str], tasks: Sequence[str], datasets: Sequence[str], s
                         p.skipped.append((cell, f"dataset {di.name!r} is not licensed for commercial use ({di.license})"))
                         continue
                     why = ti.incompatibility(mi, di)
-                    if why:
+                    variant = _task_variant(ti, mi, di, datasets) if why else None
+                    if variant:
+                        note = (f"{ti.name} on {di.name!r} runs on its variant {variant!r} "
+                                f"(the one that carries {', '.join(sorted(set(ti.requires) - set(di.fields)))})")
+                        if note not in p.notes:
+                            p.notes.append(note)
+                        p.cells.append(Cell(mi.name, ti.name, variant, seed))
+                    elif why:
                         p.skipped.append((cell, why))
                     else:
                         p.cells.append(cell)
     return p
+
+
+def _task_variant(ti: TaskInfo, mi: ModelInfo, di: Any, datasets: Sequence[str]) -> str | None:
+    """The registered variant ``<dataset>-<suffix>`` that has the fields a task misses on ``di`` (PH2's masks
+    are in ``ph2-seg``), when exactly one exists and the user did not name it in the run already."""
+    reg = plugins.registry()
+    if not set(ti.requires) - set(di.fields) and not ti.requires_any:
+        return None
+    found = [n for n in sorted(reg.datasets) if n.startswith(di.name + "-")
+             and ti.incompatibility(mi, reg.datasets[n].info) is None]
+    return found[0] if len(found) == 1 and found[0] not in datasets else None
+
+
+def summarize_skips(skipped: Sequence[tuple[Cell, str]]) -> list[str]:
+    """One line per reason: the reason with the cell's own names abstracted, then the cells it covers."""
+    groups: dict[str, list[Cell]] = {}
+    for cell, why in skipped:
+        key = (why.replace(f"'{cell.task}'", "<task>").replace(f"'{cell.model}'", "<model>")
+               .replace(f"'{cell.dataset}'", "<dataset>"))
+        groups.setdefault(key, []).append(cell)
+    lines = []
+    for key, cells in groups.items():
+        axes = [list(dict.fromkeys(getattr(c, a) for c in cells)) for a in ("model", "task", "dataset")]
+        if len({(c.model, c.task, c.dataset) for c in cells}) == len(axes[0]) * len(axes[1]) * len(axes[2]):
+            what = " × ".join(v[0] if len(v) == 1 else "{" + ", ".join(v) + "}" for v in axes)
+        else:
+            what = ", ".join(dict.fromkeys(f"{c.model}×{c.task}×{c.dataset}" for c in cells))
+        lines.append(f"skip {len(cells)} cell(s): {what} — {key}")
+    return lines
+
+
+THROUGHPUT_FILE = "throughput.json"
+
+
+def record_throughput(cache_root: Path, model: str, device: str, images_per_s: float) -> None:
+    """Keep the latest measured extraction rate of ``model`` on ``device`` (a best effort: never fails a run)."""
+    path = Path(cache_root) / THROUGHPUT_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    data[f"{model}@{str(device).split(':')[0]}"] = {"images_per_s": round(images_per_s, 2), "time": time.time()}
+    try:
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    except (OSError, DermbenchError):
+        pass
+
+
+def read_throughput(cache_root: Path) -> dict[str, float]:
+    try:
+        data = json.loads((Path(cache_root) / THROUGHPUT_FILE).read_text())
+        return {k: float(v["images_per_s"]) for k, v in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
@@ -408,7 +474,8 @@ class CellContext:
     def features(self, split: Split):
         _check_split(split, "features")
         bb = self.backbone()
-        with self.progress(f"features {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv:
+        with self.progress(f"features {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv, \
+                self._runner.measure(self.model_name):
             x = self._runner.store.embeddings(bb, split, device=self.device, progress=adv)
         check_finite(x, f"features of model {self.model_name!r} on {split.dataset.name}:{split.name}")
         return x
@@ -416,7 +483,8 @@ class CellContext:
     def patch_features(self, split: Split, layers: Sequence[int]):
         _check_split(split, "patch_features")
         bb = self.backbone()
-        with self.progress(f"patch maps {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv:
+        with self.progress(f"patch maps {self.model_name} / {split.dataset.name}:{split.name}", len(split)) as adv, \
+                self._runner.measure(self.model_name):
             maps = self._runner.store.patch_tokens(bb, split, layers, device=self.device, progress=adv)
         check_finite(list(maps), f"patch features of model {self.model_name!r} on {split.dataset.name}:{split.name}")
         return maps
@@ -446,6 +514,7 @@ class Runner:
         self.console = console
         self.quiet = quiet
         self._backbones: dict[str, Backbone] = {}
+        self._unavailable: dict[str, str] = {}  # model -> why its loader failed (preflight)
         self._datasets: dict[str, Dataset] = {}
         self.summary = RunSummary()
         self.params: dict[str, dict[str, Any]] = {}
@@ -462,8 +531,16 @@ class Runner:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self.quiet or self.console is None:
+        if self.quiet:
             yield lambda n=1: None
+            return
+        if self.console is None or not getattr(self.console, "is_terminal", False):
+            # piped output (CI logs, `| tee`): a plain line every ~10 s with rate and ETA instead of a live bar
+            from dermbench.progress import LineProgress
+
+            write = ((lambda m: self.console.print(m, highlight=False, markup=False, emoji=False))
+                     if self.console is not None else (lambda m: print(m, flush=True)))
+            yield LineProgress(description.strip(), total, unit="img", write=write).advance
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -471,6 +548,16 @@ class Runner:
                       console=self.console, transient=True) as prog:
             tid = prog.add_task(description, total=total)
             yield lambda n=1: prog.advance(tid, n)
+
+    @contextlib.contextmanager
+    def measure(self, model: str) -> Iterator[None]:
+        """Time a feature extraction; when images were forwarded, store the model's images/s on this device
+        (``<cache>/throughput.json``) for ``dermbench run --dry-run`` estimates."""
+        n0, t0 = self.store.stats.images_forwarded, time.perf_counter()
+        yield
+        n, dt = self.store.stats.images_forwarded - n0, time.perf_counter() - t0
+        if n >= 8 and dt > 0:
+            record_throughput(self.store.root, model, self.opts.device, n / dt)
 
     # ------------------------------------------------------------------ options per model / dataset
     def model_kwargs(self, model: str) -> dict[str, Any]:
@@ -483,9 +570,9 @@ class Runner:
 
     # ------------------------------------------------------------------ resources
     def backbone(self, model: str) -> Backbone:
+        if model in self._unavailable:  # resolved once (preflight): never a second loader call
+            raise DermbenchError(self._unavailable[model])
         if model not in self._backbones:
-            # one model in memory at a time: features are cached, so old backbones are no longer needed
-            self._backbones.clear()
             entry = plugins.registry().model(model)
             kwargs: dict[str, Any] = self.model_kwargs(model)
             if self.opts.weights.get(model):
@@ -591,13 +678,19 @@ class Runner:
         s = self.summary
         self.params = validate_run(p, self.opts)  # before any dataset is loaded or feature extracted
         self._planned_datasets = {c.dataset for c in p.cells} | {c.dataset for c, _ in p.skipped}
+        for note in p.notes:
+            self.log(f"note: {note}")
+        p = self.preflight(p)  # every model's weights once, before any dataset is loaded
+        if not p.cells and s.failed:
+            return s  # nothing can run: no dataset loaded, no time spent
         p = self.refine(p)
         self._check_dataset_opts_used()
         if self.opts.extract_only:
             return self._extract_only(p)
         for cell, why in p.skipped:
             s.skipped.append((cell, why))
-            self.log(f"[yellow]skip[/] {cell.label}: {why}" if self.console else f"skip {cell.label}: {why}")
+        for line in summarize_skips(p.skipped):
+            self.log(f"[yellow]{line}[/]" if self.console else line)
         reg = plugins.registry()
         todo: list[tuple[Cell, dict, dict, str]] = []
         if ddp.rank() == 0:
@@ -623,9 +716,58 @@ class Runner:
             self._preextract([c for c, *_ in todo])
             if ddp.rank() != 0:
                 return s
-        for cell, params, config, chash in todo:
+        order = list(dict.fromkeys(c.model for c, *_ in todo))
+        todo.sort(key=lambda t: order.index(t[0].model))  # one model's cells together: its backbone is freed after
+        for i, (cell, params, config, chash) in enumerate(todo):
             self._run_one(cell, reg.task(cell.task).info, params, config, chash)
+            if i + 1 == len(todo) or todo[i + 1][0].model != cell.model:
+                self._backbones.pop(cell.model, None)
         return s
+
+    def preflight(self, p: Plan) -> Plan:
+        """Load every model of the plan once, before any dataset is loaded or cell run.
+
+        A model whose weights are missing (or whose loader fails) gets ONE message, and its cells fail at once
+        instead of one by one after minutes of work; the other models go on. Loaded backbones are kept for
+        their cells (the run then frees each after its last cell), so this costs no second load. A model whose
+        cells all have a record on disk is not loaded here: the records may be reused without it.
+        """
+        s = self.summary
+        cells = shard_cells(p.cells, self.opts.shard)
+        bad: dict[str, str] = {}
+        for m in dict.fromkeys(c.model for c in cells):
+            mine = [c for c in cells if c.model == m]
+            if self.opts.overwrite != "always" and all(self._has_record_file(c) for c in mine):
+                continue
+            try:
+                self.backbone(m)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:
+                bad[m] = str(e) if isinstance(e, DermbenchError) else f"{type(e).__name__}: {e}"
+                self._unavailable[m] = bad[m]
+        if not bad:
+            return p
+        keep = []
+        for cell in p.cells:
+            if cell.model in bad and not (self.opts.overwrite != "always" and self._has_record_file(cell)):
+                s.failed.append((cell, bad[cell.model]))
+                chash = stable_hash(self.config_for(cell, self.params[cell.task]), n=32)
+                self._write_error(cell, chash, bad[cell.model], "")
+            else:
+                keep.append(cell)
+        for m, msg in bad.items():
+            n = sum(1 for c, _ in s.failed if c.model == m)
+            self.log(f"[red]cannot run {m}[/] ({n} cell(s) not run): {msg}" if self.console
+                     else f"cannot run {m} ({n} cell(s) not run): {msg}")
+        return Plan(cells=keep, skipped=p.skipped, notes=p.notes)
+
+    def _has_record_file(self, cell: Cell) -> bool:
+        d = cell_dir(self.opts.out, cell.model, cell.task, cell.dataset)
+        import re
+
+        pat = re.compile(rf"seed{cell.seed}(-[0-9a-f]+)?\.json")  # records only: not .error.json / .claim
+        return d.is_dir() and any(pat.fullmatch(f.name) for f in d.iterdir())
 
     def _check_dataset_opts_used(self) -> None:
         """In a multi-dataset run, a bare --dataset-opt that no loaded dataset accepted is an error."""
@@ -890,6 +1032,7 @@ class Runner:
                 "protocol": self.opts.protocol,
                 "plugins": config["plugins"],
                 "execution": self.execution(),
+                **({"run_file": dict(self.opts.run_file)} if self.opts.run_file else {}),  # never hashed
                 "created": time.time(),
                 "timings": {"task_seconds": round(t_task, 3), "stats_seconds": round(t_stats, 3)},
                 "feature_cache": {
@@ -1063,3 +1206,147 @@ def execute(p: Plan, opts: RunOptions, console: Any = None, quiet: bool = False)
         return r.run(p)
     finally:
         ddp.shutdown()
+
+
+# --------------------------------------------------------------------------------------------------
+# --dry-run: what a run would do, and how long it would take, without loading any model
+
+#: images/s guessed for a model never measured here, by embedding width (ViT-S / ViT-B / larger), CPU vs GPU.
+#: Rough figures for one image at 224 px; the dry run labels every estimate that uses them as a guess.
+DEFAULT_IMAGES_PER_S = {"cpu": ((384, 40.0), (768, 12.0), (10**9, 4.0)),
+                        "cuda": ((384, 800.0), (768, 400.0), (10**9, 120.0))}
+#: seconds a task spends beyond extraction, when no record of that task exists in --out to measure it from
+DEFAULT_TASK_S = 10.0
+
+
+@dataclass
+class DryRun:
+    planned: list[tuple[Cell, float]] = field(default_factory=list)  # cell, estimated seconds
+    reused: list[tuple[Cell, Path]] = field(default_factory=list)
+    skipped: list[tuple[Cell, str]] = field(default_factory=list)
+    failing: list[tuple[Cell, str]] = field(default_factory=list)  # would fail now (dataset does not load)
+    notes: list[str] = field(default_factory=list)
+    guesses: list[str] = field(default_factory=list)  # which rates/durations are defaults, not measurements
+    extraction_s: float = 0.0
+    task_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return self.extraction_s + self.task_s
+
+    def lines(self) -> list[str]:
+        from dermbench.progress import fmt_seconds
+
+        out = [f"note: {n}" for n in self.notes]
+        out.append(f"planned {len(self.planned)} cell(s), reused {len(self.reused)}, skipped {len(self.skipped)}"
+                   + (f", would fail {len(self.failing)}" if self.failing else ""))
+        for c, est in self.planned:
+            out.append(f"  run    {c.label}  ~{fmt_seconds(est)}")
+        for c, path in self.reused:
+            out.append(f"  reuse  {c.label}  ({path})")
+        by_msg: dict[str, list[Cell]] = {}
+        for c, msg in self.failing:
+            by_msg.setdefault(msg, []).append(c)
+        for msg, cells in by_msg.items():
+            out.append(f"  fail   {', '.join(f'{c.model}×{c.task}×{c.dataset}' for c in cells)}: {msg}")
+        out += ["  " + line for line in summarize_skips(self.skipped)]
+        out.append(f"estimated time: ~{fmt_seconds(self.total_s)} (feature extraction ~{fmt_seconds(self.extraction_s)}"
+                   f", tasks ~{fmt_seconds(self.task_s)})"
+                   + ("; guesses: " + "; ".join(self.guesses) if self.guesses else "; from measurements on this machine"))
+        return out
+
+
+def _guess_rate(info: ModelInfo, device: str) -> float:
+    table = DEFAULT_IMAGES_PER_S["cuda" if str(device).startswith("cuda") else "cpu"]
+    return next(r for width, r in table if (info.embed_dim or 768) <= width)
+
+
+def _task_seconds(out: Path, task: str) -> float | None:
+    """Median task time (provenance timings) of this task's records under ``out``; None when there are none."""
+    import statistics
+
+    secs = []
+    for path in sorted(Path(out).glob(f"*/{task}/*/seed*.json"))[:20]:
+        try:
+            t = json.loads(path.read_text()).get("provenance", {}).get("timings", {})
+            secs.append(float(t.get("task_seconds", 0.0)) + float(t.get("stats_seconds", 0.0)))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    return statistics.median(secs) if secs else None
+
+
+def dry_run(p: Plan, opts: RunOptions) -> DryRun:
+    """Planned, reused, skipped cells and an estimated time, without loading any model's weights.
+
+    Datasets are loaded (their file lists, for split hashes and sizes); nothing is written. Extraction time is
+    the images of each (model, dataset) not in the feature cache divided by the model's measured images/s on
+    this device (``<cache>/throughput.json``, written whenever a run extracts) or a labelled default; task time
+    is the median of this task's records in --out, or a labelled default.
+    """
+    reg = plugins.registry()
+    r = Runner(opts, console=None, quiet=True)
+    r.params = validate_run(p, opts)
+    r._planned_datasets = {c.dataset for c in p.cells} | {c.dataset for c, _ in p.skipped}
+    p = r.refine(p)
+    d = DryRun(notes=list(p.notes), skipped=list(p.skipped))
+    rates = read_throughput(r.store.root)
+    cached = {(e.get("model"), e.get("dataset"), e.get("split_hash"), e.get("kind")) for e in r.store.entries()}
+    extracted: set[tuple[str, str, str]] = set()
+    task_cache: dict[str, float | None] = {}
+    for cell in shard_cells(p.cells, opts.shard):
+        try:
+            ds = r.dataset(cell.dataset)
+        except Exception as e:
+            d.failing.append((cell, str(e) if isinstance(e, DermbenchError) else f"{type(e).__name__}: {e}"))
+            continue
+        chash = stable_hash(r.config_for(cell, r.params[cell.task]), n=32)
+        done = _stored_record(r, cell, chash)
+        if done is not None:
+            d.reused.append((cell, done))
+            continue
+        est = 0.0
+        caps = reg.task(cell.task).info.capabilities
+        for kind in [k for k, cap in (("embed", "cls"), ("patch", "patch_tokens")) if cap in caps]:
+            if (cell.model, cell.dataset, kind) in extracted:
+                continue
+            extracted.add((cell.model, cell.dataset, kind))
+            # the splits the task reads: those its options name (train_split=, test_split=), else train + test
+            named = {str(v) for v in r.params[cell.task].values() if isinstance(v, str)}
+            used = ([n for n in sorted(ds.splits) if n in named]
+                    or [n for n in ("train", "test") if n in ds.splits] or sorted(ds.splits))
+            todo = sum(len(s) for s in (ds.split(n) for n in used)
+                       if (cell.model, cell.dataset, s.hash, kind) not in cached)
+            key = f"{cell.model}@{str(opts.device).split(':')[0]}"
+            rate = rates.get(key)
+            if rate is None:
+                rate = _guess_rate(reg.model(cell.model).info, opts.device)
+                guess = f"{cell.model} {rate:.0f} img/s (default for its width; not measured here yet)"
+                if todo and guess not in d.guesses:
+                    d.guesses.append(guess)
+            d.extraction_s += todo / rate
+            est += todo / rate
+        if cell.task not in task_cache:
+            task_cache[cell.task] = _task_seconds(opts.out, cell.task)
+            if task_cache[cell.task] is None:
+                d.guesses.append(f"{cell.task} {DEFAULT_TASK_S:.0f}s per cell (no record of it in {opts.out})")
+        t = task_cache[cell.task] if task_cache[cell.task] is not None else DEFAULT_TASK_S
+        d.task_s += t
+        d.planned.append((cell, est + t))
+    return d
+
+
+def _stored_record(r: Runner, cell: Cell, chash: str) -> Path | None:
+    """The record a run would reuse for this cell (read-only: a bad record is not moved aside here)."""
+    if r.opts.overwrite == "always":
+        return None
+    path = record_path(r.opts.out, cell.model, cell.task, cell.dataset, cell.seed, chash)
+    if r.opts.overwrite == "never":
+        d = cell_dir(r.opts.out, cell.model, cell.task, cell.dataset)
+        for cand in sorted(d.glob(f"seed{cell.seed}*.json")) if d.is_dir() else []:
+            rec = _try_read(cand)
+            if rec is not None and (rec.model, rec.task, rec.dataset, rec.seed) == (
+                    cell.model, cell.task, cell.dataset, cell.seed):
+                return cand
+        return None
+    rec = _try_read(path) if path.exists() else None
+    return path if rec is not None and r._identity_problem(rec, cell, chash) is None else None

@@ -27,9 +27,10 @@ CACHE_ENV = "DERMBENCH_CACHE"
 
 
 def cache_dir() -> Path:
-    """Root of dermbench's cache: ``$DERMBENCH_CACHE`` or ``~/.cache/dermbench``."""
-    raw = os.environ.get(CACHE_ENV)
-    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "dermbench"
+    """Root of dermbench's cache: ``$DERMBENCH_CACHE`` or ``~/.cache/dermbench`` (one definition, in weights)."""
+    from dermbench.weights import cache_dir as root
+
+    return root()
 
 
 def derive_seed(dataset: str, split_seed: int) -> int:

@@ -39,11 +39,18 @@ NESTING_KEYS = ("state_dict", "model", "model_state", "module", "teacher", "mode
 
 
 def cache_dir() -> Path:
-    """dermbench's own cache folder (``DERMBENCH_CACHE`` or ``~/.cache/dermbench``)."""
-    root = os.environ.get("DERMBENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dermbench"
-    )
-    return Path(root)
+    """dermbench's one cache/home folder: ``DERMBENCH_CACHE``, else the deprecated ``DERMBENCH_HOME`` (with a
+    warning), else ``$XDG_CACHE_HOME/dermbench`` (``~/.cache/dermbench``). Every reader of the cache uses this."""
+    root = os.environ.get("DERMBENCH_CACHE")
+    if not root and os.environ.get("DERMBENCH_HOME"):
+        import warnings
+
+        warnings.warn("DERMBENCH_HOME is deprecated: set DERMBENCH_CACHE (dermbench's one cache/home variable)",
+                      DeprecationWarning, stacklevel=2)
+        root = os.environ["DERMBENCH_HOME"]
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dermbench")
+    return Path(root).expanduser()
 
 
 def hf_cache_dir() -> str:

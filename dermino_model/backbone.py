@@ -87,7 +87,7 @@ def resolve(weights: str | os.PathLike[str] | None = None) -> Path:
     if newest:
         return newest
     raise WeightsUnavailable(
-        f"no DermINO weights: no checkpoint in {demo_dir()}. Run `dermbench pretrain --preset demo` (CPU, minutes) "
+        f"no DermINO weights: no checkpoint in {demo_dir()}. Run `dermbench pretrain --preset demo` (about 2-3 min on 2 idle CPU cores; `make demo` runs it too) "
         f"to create one, or pass --weights PATH / set {ENV} to a `dermbench pretrain` checkpoint or to the released "
         "DermINO teacher_checkpoint.pth."
     )

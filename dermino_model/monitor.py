@@ -32,6 +32,18 @@ def progress_bar(total: int, enabled: bool = True, console: Any = None) -> Itera
     if not enabled or total <= 0:
         yield lambda rec: None
         return
+    from dermbench.api import LineProgress, is_terminal
+
+    if not (getattr(console, "is_terminal", False) if console is not None else is_terminal()):
+        # piped (CI logs, `make demo | tee`): a line every ~10 s with rate, ETA and the loss
+        lp = LineProgress("pretrain", total, unit="step")
+
+        def update_line(rec: dict) -> None:
+            lp.info = " ".join(f"{k} {rec[k]:.3f}" for k in ("total", "dino", "sup") if k in rec)
+            lp.advance(1)
+
+        yield update_line
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("pretrain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -54,7 +54,9 @@ def wordnet_reader() -> Any:
             f"WordNet dictionary files not found in {', '.join(c for c in cands if c)}: METEOR (dermino caption "
             "scoring) needs them offline; install them with `apt-get install wordnet-base wordnet-sense-index` "
             "or point DERMBENCH_WORDNET at a folder holding WordNet 3.0's data.* / index.* files")
-    root = Path(os.environ.get("DERMBENCH_CACHE", Path.home() / ".cache" / "dermbench")) / "wordnet"
+    from dermbench.api import cache_dir
+
+    root = cache_dir() / "wordnet"
     root.mkdir(parents=True, exist_ok=True)
     for f in found.iterdir():  # a copy (36 MB once): NLTK refuses symlinked or hard-linked corpus files
         dst = root / f.name
