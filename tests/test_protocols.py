@@ -184,3 +184,36 @@ def test_dermino_caption_meteor_with_offline_wordnet(tmp_path, monkeypatch):
     assert per["meteor"][0] == pytest.approx(53 / 54) and per["meteor"][1] == 0.0
     assert corpus["bleu1"] == pytest.approx(3 / 5)  # 3 of 5 hypothesis tokens match; no brevity penalty
     assert set(per) >= {"meteor", "rouge1", "rougeL", "cider", "bleu_stats"}
+
+
+def test_federated_local_training_epoch_cosine_and_normal_init_match_torch():
+    """DermINO's FL client: Adam with CosineAnnealingLR(T_max=2, eta_min=1e-6) stepped per epoch, head N(0, .01)."""
+    import torch
+
+    from dermbench_plugins.tasks.federated import train as fl_train
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 12)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    w0 = fl_train.init_weights(12, 3, 0, "normal")
+    assert abs(float(w0["weight"].std()) - 0.01) < 0.004 and not w0["bias"].any()
+    w, _ = fl_train.local_train(w0, x, y, epochs=2, lr=1e-2, batch_size=20, seed=0, server_round=1,
+                                schedule="epoch", eta_min=1e-6)
+    head = torch.nn.Linear(12, 3).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor(w0["weight"]))
+        head.bias.copy_(torch.tensor(w0["bias"]))
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2, eta_min=1e-6)
+    X, Y = torch.tensor(x).double(), torch.tensor(y)
+    order = np.random.default_rng([0, 1])  # the client's shuffling stream for (seed 0, round 1)
+    for _ in range(2):
+        perm = order.permutation(40)
+        for lo in (0, 20):
+            idx = torch.tensor(perm[lo : lo + 20])
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(X[idx]), Y[idx]).backward()
+            opt.step()
+        sched.step()  # once per epoch: lr 1e-2 in epoch 1, (1e-2 + 1e-6) / 2 in epoch 2
+    np.testing.assert_allclose(w["weight"], head.weight.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(w["bias"], head.bias.detach().numpy(), atol=1e-6)

@@ -84,12 +84,16 @@ INFO = TaskInfo(
         "fraction_fit": 1.0, "fraction_evaluate": 1.0, "strategy": "fedavg", "proximal_mu": 0.0,
         "single_class_sites": "exclude", "engine": "simulation", "round_timeout": 600.0,
         "train_split": "train", "test_split": "test", "primary": "pooled",
+        "lr_schedule": "step", "eta_min": 0.0, "init": "uniform",
     },
     # primary=site_mean: the mean over sites of the per-site metric first (the DermINO paper reports per dataset)
-    protocols={"dermino": {"primary": "site_mean"}, "panderm": {}},
+    # fl-master: CosineAnnealingLR(T_max=2 local epochs, eta_min 1e-6) per epoch, head init N(0, .01)
+    protocols={"dermino": {"primary": "site_mean", "lr_schedule": "epoch", "eta_min": 1e-6, "init": "normal"},
+               "panderm": {}},
     option_ranges={"rounds": (1, None), "local_epochs": (1, None), "batch_size": (1, None), "lr": (0, None),
                    "fraction_fit": (0, 1), "fraction_evaluate": (0, 1), "proximal_mu": (0, None),
-                   "primary": frozenset({"pooled", "site_mean"})},
+                   "primary": frozenset({"pooled", "site_mean"}), "lr_schedule": frozenset({"step", "epoch"}),
+                   "init": frozenset({"uniform", "normal"}), "eta_min": (0, None)},
     available=FL_AVAILABLE,
     unavailable_reason="" if FL_AVAILABLE else "Flower is not installed: pip install 'dermbench[fl]'",
 )
@@ -105,6 +109,8 @@ INFO_DATASETS = TaskInfo(
     metrics=INFO.metrics,
     primary_metric=INFO.primary_metric,
     defaults={**INFO.defaults, "site_datasets": ""},
+    option_ranges=INFO.option_ranges,
+    protocols=INFO.protocols,
     available=INFO.available,
     unavailable_reason=INFO.unavailable_reason,
     in_all=False,
@@ -240,6 +246,8 @@ def run_config(params: dict[str, Any], *, seed: int, dim: int, n_classes: int, n
         "proximal-mu": float(params["proximal_mu"]), "seed": int(seed), "dim": int(dim), "n-classes": int(n_classes),
         "n-clients": int(n_clients), "round-timeout": float(params["round_timeout"]), "out-dir": str(out_dir),
         "data-dir": str(data_dir) if data_dir else "", "fault": fault,
+        "lr-schedule": str(params.get("lr_schedule", "step")), "eta-min": float(params.get("eta_min", 0.0)),
+        "init": str(params.get("init", "uniform")),
     }
 
 
@@ -298,15 +306,19 @@ class Federated:
     def __init__(self, rounds=2, local_epochs=2, lr=2e-4, batch_size=32, fraction_fit=1.0, fraction_evaluate=1.0,
                  strategy="fedavg", proximal_mu=0.0, single_class_sites="exclude", engine="simulation",
                  round_timeout=600.0, train_split="train", test_split="test", site_datasets="", _fault: str = "",
-                 primary: str = "pooled"):
+                 primary: str = "pooled", lr_schedule: str = "step", eta_min: float = 0.0, init: str = "uniform"):
         if primary not in ("pooled", "site_mean"):
             raise DermbenchError(f"federated.primary={primary!r}: choose pooled (all test samples) or site_mean "
                                  "(mean of the per-site metrics, the DermINO paper's per-dataset reporting)")
         self.primary = primary
+        if lr_schedule not in ("step", "epoch") or init not in ("uniform", "normal"):
+            raise DermbenchError(f"federated lr_schedule={lr_schedule!r} / init={init!r}: choose "
+                                 "lr_schedule=step|epoch and init=uniform|normal")
         self.params = dict(rounds=rounds, local_epochs=local_epochs, lr=lr, batch_size=batch_size,
                            fraction_fit=fraction_fit, fraction_evaluate=fraction_evaluate, strategy=strategy,
                            proximal_mu=proximal_mu, single_class_sites=single_class_sites, engine=engine,
-                           round_timeout=round_timeout, train_split=train_split, test_split=test_split)
+                           round_timeout=round_timeout, train_split=train_split, test_split=test_split,
+                           lr_schedule=lr_schedule, eta_min=eta_min, init=init)
         if engine not in ENGINES:
             raise DermbenchError(f"federated.engine={engine!r} is unknown; choose one of {ENGINES}")
         if isinstance(site_datasets, str):
@@ -360,9 +372,10 @@ class Federated:
         w_fed = summary["weights"]
 
         # baselines with the same schedule and initialisation
-        init = fl_train.init_weights(xtr.shape[1], C, seed)
+        init = fl_train.init_weights(xtr.shape[1], C, seed, str(p["init"]))
         sched = dict(rounds=int(p["rounds"]), local_epochs=int(p["local_epochs"]), lr=float(p["lr"]),
-                     batch_size=int(p["batch_size"]), seed=seed)
+                     batch_size=int(p["batch_size"]), seed=seed, schedule=str(p["lr_schedule"]),
+                     eta_min=float(p["eta_min"]))
         part = np.isin(str_, clients)
         w_cen = fl_train.train_rounds(xtr[part], ytr[part], init, **sched)
         s_fed, s_cen = fl_train.predict_proba(w_fed, xte), fl_train.predict_proba(w_cen, xte)

@@ -137,6 +137,7 @@ def build_client_app(override: Mapping[str, Any] | None = None) -> ClientApp:
             from_record(msg.content["arrays"]), data["x_train"], data["y_train"],
             epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]), batch_size=int(cfg["batch-size"]),
             seed=int(cfg["seed"]), server_round=rnd, proximal_mu=mu,
+            schedule=str(cfg.get("lr-schedule", "step")), eta_min=float(cfg.get("eta-min", 0.0)),
         )
         metrics = MetricRecord({"num-examples": int(len(data["y_train"])), "train-loss": float(loss)})
         content = RecordDict({"arrays": to_record(w), "metrics": metrics, "site": ConfigRecord({"site": site})})
@@ -250,7 +251,7 @@ def serve(grid: Grid, cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["strategy"] == "fedprox":
         kwargs["proximal_mu"] = float(cfg["proximal-mu"])
     strat = recording_strategy(str(cfg["strategy"]), log, **kwargs)
-    init = fl_train.init_weights(dim, n_cls, int(cfg["seed"]))
+    init = fl_train.init_weights(dim, n_cls, int(cfg["seed"]), str(cfg.get("init", "uniform")))
     t0 = time.perf_counter()
     try:
         result = strat.start(grid=grid, initial_arrays=to_record(init), num_rounds=int(cfg["num-rounds"]),

@@ -16,25 +16,29 @@ import numpy as np
 Weights = dict[str, np.ndarray]  # {"weight": (C, D) float32, "bias": (C,) float32}
 
 
-def init_weights(dim: int, n_classes: int, seed: int) -> Weights:
-    """Seeded uniform(+-1/sqrt(D)) weights and zero bias, independent of any global RNG state."""
+def init_weights(dim: int, n_classes: int, seed: int, kind: str = "uniform") -> Weights:
+    """Seeded uniform(+-1/sqrt(D)) weights (``kind='normal'``: N(0, 0.01), the DermINO authors' linear head)
+    and zero bias, independent of any global RNG state."""
     rng = np.random.default_rng([seed, dim, n_classes])
-    bound = 1.0 / max(dim, 1) ** 0.5
-    return {
-        "weight": rng.uniform(-bound, bound, size=(n_classes, dim)).astype(np.float32),
-        "bias": np.zeros(n_classes, dtype=np.float32),
-    }
+    if kind == "normal":
+        w = rng.normal(0.0, 0.01, size=(n_classes, dim))
+    else:
+        bound = 1.0 / max(dim, 1) ** 0.5
+        w = rng.uniform(-bound, bound, size=(n_classes, dim))
+    return {"weight": w.astype(np.float32), "bias": np.zeros(n_classes, dtype=np.float32)}
 
 
 def local_train(weights: Weights, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, batch_size: int,
-                seed: int, server_round: int, proximal_mu: float = 0.0) -> tuple[Weights, float]:
+                seed: int, server_round: int, proximal_mu: float = 0.0, schedule: str = "step",
+                eta_min: float = 0.0) -> tuple[Weights, float]:
     """Train from ``weights`` for ``epochs`` on (x, y); returns new weights and the mean training loss.
 
     Mini-batch softmax cross-entropy, Adam (torch defaults: betas 0.9/0.999, eps 1e-8, bias-corrected) and
     a per-step cosine schedule (torch ``CosineAnnealingLR`` over all steps of the call), in float64 numpy:
     a ClientApp process then needs no torch import (each Flower message may start a fresh process), and
     ``tests/test_federated.py`` checks it against torch. ``proximal_mu`` > 0 adds FedProx's
-    (mu/2)·||w - w_global||² term (Flower's FedProx strategy sends mu).
+    (mu/2)·||w - w_global||² term (Flower's FedProx strategy sends mu). ``schedule='epoch'``: the DermINO
+    authors' CosineAnnealingLR(T_max=epochs, eta_min) stepped once per epoch (constant within an epoch).
     """
     W = np.array(weights["weight"], dtype=np.float64)
     b = np.array(weights["bias"], dtype=np.float64)
@@ -52,7 +56,7 @@ def local_train(weights: Weights, x: np.ndarray, y: np.ndarray, *, epochs: int, 
     total_steps = max(1, epochs * -(-n // bs))
     rng = np.random.default_rng([int(seed), int(server_round)])
     step, total, count = 0, 0.0, 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = rng.permutation(n)
         for lo in range(0, n, bs):
             idx = perm[lo : lo + bs]
@@ -70,7 +74,10 @@ def local_train(weights: Weights, x: np.ndarray, y: np.ndarray, *, epochs: int, 
                 loss += 0.5 * proximal_mu * float(((W - W0) ** 2).sum() + ((b - b0) ** 2).sum())
                 grads[0] = grads[0] + proximal_mu * (W - W0)
                 grads[1] = grads[1] + proximal_mu * (b - b0)
-            lr_t = lr * (1 + math.cos(math.pi * step / total_steps)) / 2  # lr used by this step
+            if schedule == "epoch":
+                lr_t = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+            else:
+                lr_t = lr * (1 + math.cos(math.pi * step / total_steps)) / 2  # lr used by this step
             step += 1
             for k, (prm, gr) in enumerate(zip(params, grads)):
                 m[k] = beta1 * m[k] + (1 - beta1) * gr
@@ -102,12 +109,13 @@ def evaluate(weights: Weights, x: np.ndarray, y: np.ndarray) -> tuple[float, flo
 
 
 def train_rounds(x: np.ndarray, y: np.ndarray, init: Weights, *, rounds: int, local_epochs: int, lr: float,
-                 batch_size: int, seed: int) -> Weights:
+                 batch_size: int, seed: int, schedule: str = "step", eta_min: float = 0.0) -> Weights:
     """Centralised/local-only training with the federated schedule: ``rounds`` restarts of ``local_epochs``.
 
     Same compute budget and optimiser schedule as a federation; with one client it is exactly FedAvg.
     """
     w = init
     for r in range(1, rounds + 1):
-        w, _ = local_train(w, x, y, epochs=local_epochs, lr=lr, batch_size=batch_size, seed=seed, server_round=r)
+        w, _ = local_train(w, x, y, epochs=local_epochs, lr=lr, batch_size=batch_size, seed=seed, server_round=r,
+                           schedule=schedule, eta_min=eta_min)
     return w
