@@ -116,3 +116,26 @@ def test_caption_prefix_expands_cls_into_8_tokens_between_template_parts():
     # the 8 visual positions are the reshaped projection of the single CLS vector
     np.testing.assert_allclose(emb[:, pre : pre + 8].detach().numpy(),
                                cap.proj(vis).reshape(3, 8, 32).detach().numpy(), rtol=1e-6)
+
+
+def test_segmentation_upernet_dermino_uses_an_mmseg_style_uperhead(tmp_path):
+    import torch
+
+    from dermbench_plugins.tasks.segmentation.heads import MMSegUPerHead
+
+    head = MMSegUPerHead([16] * 4, n_classes=2)  # decoder_channels=0 -> the backbone width (16)
+    assert head.channels == 16 and isinstance(head.drop, torch.nn.Identity)
+    x = [torch.randn(2, 16, 6, 6) for _ in range(4)]
+    assert head(x).shape == (2, 2, 6, 6)
+    # PPM: 4 pooled branches of 1x1 conv (no bias) on the last map
+    assert sum(p.numel() for m in head.ppm for p in m[1][0].parameters()) == 4 * 16 * 16
+    opts = runner.RunOptions(out=tmp_path / "r", cache_dir=tmp_path / "cache", n_boot=100,
+                             dataset_opts=dict(SYNTH), model_opts={"depth": 4}, protocol="dermino",
+                             task_params={"segmentation-upernet": {"epochs": 1, "n_overlays": 0,
+                                                                    "decoder_channels": 24}})
+    s = runner.run(["random-vit"], ["segmentation-upernet"], ["dermsynth"], opts, quiet=True)
+    assert not s.failed, s.failed
+    rec = json.loads(Path(s.done[0][1]).read_text())
+    e = rec["extra"]
+    assert e["layers"] == [0, 1, 2, 3] and e["pyramid"] is None and e["decoder"].startswith("mmseg-style UPerHead (24")
+    assert list(rec["metrics"])[:2] == ["dermino_dice", "dermino_jac"]

@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "metric": "lesion",
     "schedule": "cosine",
     "mask_resize": "nearest",
+    "decoder": "vitdet",
     "n_overlays": 4,
     "save_masks": True,
     "train_split": "train",
@@ -60,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
 }
 #: declarative checks applied by the runner before any work (dermbench.api.TaskInfo.option_ranges)
 OPTION_RANGES: dict[str, Any] = {"epochs": (1, None), "batch_size": (1, None), "lr": (0, None), "size": (16, None),
-                                 "decoder_channels": (1, None), "n_overlays": (0, None),
+                                 "decoder_channels": (0, None), "n_overlays": (0, None),
+                                 "decoder": frozenset({"vitdet", "mmseg"}),
                                  "head": frozenset({"linear", "upernet"}),
                                  "metric": frozenset({"lesion", "dermino"}),
                                  "schedule": frozenset({"cosine", "dermino"}),
@@ -93,14 +95,17 @@ INFO = TaskInfo(
 #: the UperNet protocol as its own task name, so linear and UperNet results are separate cells (and columns)
 INFO_UPERNET = TaskInfo(
     name="segmentation-upernet",
-    description="lesion segmentation with a UperNet head on 4 evenly spaced blocks (otherwise as `segmentation`)",
+    description="lesion segmentation with a UperNet head on 4 evenly spaced blocks (otherwise as `segmentation`); "
+    "decoder=vitdet|mmseg (mmseg: UPerHead on the maps as given, decoder_channels=0 -> the backbone width, "
+    "dropout 0: the DermINO authors' setup)",
     requires=INFO.requires,
     capabilities=INFO.capabilities,
     metrics=INFO.metrics,
     primary_metric=INFO.primary_metric,
     defaults={**DEFAULTS, "head": "upernet"},
     option_ranges=OPTION_RANGES,
-    protocols=PROTOCOLS,
+    # segment_upernet/: mmseg UPerHead on the 4 same-size block maps, D channels, dropout 0; training as linear
+    protocols={"dermino": {**PROTOCOLS["dermino"], "decoder": "mmseg", "decoder_channels": 0}, "panderm": {}},
     in_all=False,  # a UperNet decoder trained for 20 epochs is minutes per model even on a GPU-less laptop
 )
 
@@ -401,7 +406,7 @@ class Segmentation:
                  lr: float = 1e-3, batch_size: int = 16, weight_decay: float = 0.0, decoder_channels: int = 256,
                  class_averaged: bool = False, n_overlays: int = 4, save_masks: bool = True,
                  train_split: str = "train", test_split: str = "test", metric: str = "lesion",
-                 schedule: str = "cosine", mask_resize: str = "nearest"):
+                 schedule: str = "cosine", mask_resize: str = "nearest", decoder: str = "vitdet"):
         self.head = str(head).lower()
         if self.head not in ("linear", "upernet"):
             raise DermbenchError(f"segmentation head={head!r} unknown; choose head=linear or head=upernet")
@@ -420,6 +425,9 @@ class Segmentation:
                 raise DermbenchError(f"segmentation {key}={val!r}: choose one of {', '.join(allowed)}")
         self.metric, self.schedule = str(metric).lower(), str(schedule).lower()
         self.mask_resize = str(mask_resize).lower()
+        self.decoder = str(decoder).lower()
+        if self.decoder not in ("vitdet", "mmseg"):
+            raise DermbenchError(f"segmentation decoder={decoder!r}: choose vitdet (default) or mmseg")
         self.save_masks = _as_bool(save_masks, "save_masks")
         self.n_overlays = int(n_overlays)
         self.train_split, self.test_split = train_split, test_split
@@ -456,7 +464,8 @@ class Segmentation:
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # init, dropout and shuffling from the cell seed only
             torch.manual_seed(ctx.seed)
-            head = build_head(self.head, channels, sizes, decoder_channels=self.decoder_channels)
+            head = build_head(self.head, channels, sizes, decoder_channels=self.decoder_channels,
+                              decoder=self.decoder)
             with ctx.progress(f"train {self.head} head", self.epochs) as adv:
                 losses = train_head(head, ftr, ytr, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                                     weight_decay=self.weight_decay, seed=ctx.seed, device=device, progress=adv,
@@ -498,8 +507,10 @@ class Segmentation:
             "head": self.head,
             "layers": layers,
             "feature_maps": [{"channels": c, "h": h, "w": w} for c, (h, w) in zip(channels, sizes)],
-            "pyramid": _pyramid_note(self.head, sizes),
-            "decoder": "smp UPerNetDecoder" if self.head == "upernet" else "BN-Dropout2d(0.1)-1x1conv",
+            "pyramid": None if self.decoder == "mmseg" else _pyramid_note(self.head, sizes),
+            "decoder": ("BN-Dropout2d(0.1)-1x1conv" if self.head != "upernet" else
+                        f"mmseg-style UPerHead ({getattr(head, 'channels', '?')} ch, dropout 0)"
+                        if self.decoder == "mmseg" else "smp UPerNetDecoder"),
             "size": self.size,
             "mask_geometry": f"loaded backbone's preprocessing ({pre.resize_mode}, resize={pre.resize}, "
                              f"crop={pre.crop}), {self.mask_resize}, then {self.size}x{self.size}",

@@ -105,10 +105,58 @@ class UperNetHead(nn.Module):
         return self.cls(self.drop(out))
 
 
+def _cbr(cin: int, cout: int, k: int) -> nn.Sequential:
+    """conv (no bias) -> BN -> ReLU, the unit of mmseg's UPerHead."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class MMSegUPerHead(nn.Module):
+    """UPerNet decoder as mmsegmentation's ``UPerHead`` defines it, on the maps as given (no pyramid built): the
+    DermINO authors' ``segment_upernet`` setup (ViT blocks 2/5/8/11, all 16x16, ``channels`` = D, dropout 0).
+
+    PPM on the last map (adaptive average pools 1, 2, 3, 6 -> 1x1 conv-BN-ReLU -> bilinear back; concat with
+    the map; 3x3 bottleneck), 1x1 lateral conv-BN-ReLU on the others, top-down addition, 3x3 FPN conv-BN-ReLU
+    on each but the last, all resized to the first map, concatenated, 3x3 fusion, dropout, 1x1 classifier."""
+
+    def __init__(self, channels: Sequence[int], n_classes: int = 2, decoder_channels: int = 0,
+                 dropout: float = 0.0, pool_scales: Sequence[int] = (1, 2, 3, 6)):
+        super().__init__()
+        if len(channels) < 2:
+            raise DermbenchError(f"decoder=mmseg needs at least 2 layers, got {len(channels)}; use layers=auto")
+        C = int(decoder_channels) or int(channels[-1])  # 0: the backbone's width (the authors' D channels)
+        self.ppm = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), _cbr(channels[-1], C, 1))
+                                 for s in pool_scales)
+        self.psp_bottleneck = _cbr(channels[-1] + len(pool_scales) * C, C, 3)
+        self.lateral = nn.ModuleList(_cbr(c, C, 1) for c in channels[:-1])
+        self.fpn = nn.ModuleList(_cbr(C, C, 3) for _ in channels[:-1])
+        self.fuse = _cbr(len(channels) * C, C, 3)
+        self.drop = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.cls = nn.Conv2d(C, n_classes, kernel_size=1)
+        self.channels = C
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        def up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return x if x.shape[-2:] == like.shape[-2:] else F.interpolate(x, size=like.shape[-2:], mode="bilinear",
+                                                                          align_corners=False)
+
+        top = feats[-1]
+        psp = self.psp_bottleneck(torch.cat([top, *[up(m(top), top) for m in self.ppm]], dim=1))
+        lat = [conv(f) for conv, f in zip(self.lateral, feats[:-1])] + [psp]
+        for i in range(len(lat) - 1, 0, -1):
+            lat[i - 1] = lat[i - 1] + up(lat[i], lat[i - 1])
+        outs = [conv(x) for conv, x in zip(self.fpn, lat[:-1])] + [lat[-1]]
+        fused = self.fuse(torch.cat([up(o, outs[0]) for o in outs], dim=1))
+        return self.cls(self.drop(fused))
+
+
 def build_head(kind: str, channels: Sequence[int], sizes: Sequence[tuple[int, int]], n_classes: int = 2,
-               decoder_channels: int = 256) -> nn.Module:
+               decoder_channels: int = 256, decoder: str = "vitdet") -> nn.Module:
     if kind == "linear":
         return LinearHead(channels[-1], n_classes)
+    if kind == "upernet" and decoder == "mmseg":
+        return MMSegUPerHead(channels, n_classes, decoder_channels=decoder_channels)
     if kind == "upernet":
-        return UperNetHead(channels, sizes, n_classes, decoder_channels=decoder_channels)
+        return UperNetHead(channels, sizes, n_classes, decoder_channels=decoder_channels or 256)
     raise DermbenchError(f"segmentation head {kind!r} unknown; choose head=linear or head=upernet")
