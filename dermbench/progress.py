@@ -55,7 +55,7 @@ class LineProgress:
         head = f"{self.description}: {self.done}"
         if self.total:
             head += f"/{self.total} ({100 * self.done / self.total:.0f}%)"
-        tail = f", {rate:.1f} {self.unit}/s" if rate else ""
+        tail = (f", {rate:.1f} {self.unit}/s" if rate >= 1 else f", {1 / rate:.1f} s/{self.unit}") if rate else ""
         if self.total and rate:
             tail += f", ETA {fmt_seconds((self.total - self.done) / rate)}"
         return head + tail + (f", {self.info}" if self.info else "")

@@ -540,7 +540,8 @@ class Runner:
 
             write = ((lambda m: self.console.print(m, highlight=False, markup=False, emoji=False))
                      if self.console is not None else (lambda m: print(m, flush=True)))
-            yield LineProgress(description.strip(), total, unit="img", write=write).advance
+            unit = "img" if description.lstrip().startswith(("features", "patch maps")) else "step"
+            yield LineProgress(description.strip(), total, unit=unit, write=write).advance
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
