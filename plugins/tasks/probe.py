@@ -97,7 +97,8 @@ class Probe:
 
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.weight_decay = float(weight_decay)
-        self.standardize = standardize if isinstance(standardize, bool) else str(standardize).lower() in ("1", "true", "yes")
+        self.standardize = (standardize if isinstance(standardize, bool)
+                            else str(standardize).lower() in ("1", "true", "yes"))
         self.solver, self.init = str(solver).lower(), str(init).lower()
         if self.solver not in ("adam", "lbfgs"):
             raise DermbenchError(f"probe solver={solver!r}: choose solver=adam (DermINO) or solver=lbfgs (PanDerm)")
