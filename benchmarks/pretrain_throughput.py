@@ -9,6 +9,7 @@ attention; the script prints the bf16+SDPA / fp32 ratio. Target on one H100-clas
 
     python benchmarks/pretrain_throughput.py [--batch 64,128,256] [--steps 10]
     python benchmarks/pretrain_throughput.py --cpu-smoke      # tiny model on CPU: checks the script runs
+    python benchmarks/pretrain_throughput.py --demo-ab        # CPU: demo step, authors' supervised term vs before
 
 Without a GPU (and without --cpu-smoke) it prints why and exits 0.
 """
@@ -136,6 +137,26 @@ def measure(cfg, b: int, steps: int, device) -> dict:
     return out
 
 
+def demo_ab(steps: int, rounds: int = 2) -> int:
+    """The demo preset's step on CPU with the supervised term as now and as before, interleaved (same process)."""
+    import torch
+
+    from dermino_model.config import build_config
+
+    torch.set_num_threads(2)
+    now = build_config("demo")
+    before = build_config("demo", overrides={"prototype_trainable": True, "sup_normalisation": "per_entry",
+                                             "prototype_norm": 0.0, "drop_path_uniform": False})
+    t = {"now": [], "before": []}
+    for _ in range(rounds):
+        for name, cfg in (("before", before), ("now", now)):
+            t[name].append(measure(cfg, cfg.batch_size_per_gpu, steps, torch.device("cpu"))["s_per_step"])
+    a, b = min(t["now"]), min(t["before"])
+    print(json.dumps({"s_per_step_now": a, "s_per_step_before": b, "rounds": rounds, "steps": steps}))
+    print(f"demo step time now / before: {a / b:.3f}x (best of {rounds} interleaved rounds)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", default="64,128,256")
@@ -143,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--cpu-smoke", action="store_true")
+    ap.add_argument("--demo-ab", action="store_true", help="CPU step time of the demo preset: frozen prototypes + "
+                    "per-crop BCE (now) vs trainable prototypes + per-entry BCE (before), interleaved")
     args = ap.parse_args(argv)
     import torch
 
     from dermino_model.config import build_config
+
+    if args.demo_ab:
+        return demo_ab(max(args.steps // 5, 2))
 
     if args.cpu_smoke:
         device = torch.device("cpu")
