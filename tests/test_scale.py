@@ -225,6 +225,7 @@ print(f"{me} misses={st.stats.misses} hits={st.stats.hits} waits={st.stats.lock_
 """
 
 
+@pytest.mark.slow  # two Python processes importing torch (~30 s on the shared 2-core machine)
 def test_concurrent_extraction_of_the_same_features_runs_one_forward_pass(tmp_path):
     script, log, go = tmp_path / "extract.py", tmp_path / "forwards.log", tmp_path / "go"
     script.write_text(LOCK_SCRIPT)
