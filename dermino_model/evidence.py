@@ -1,6 +1,6 @@
 """Does pretraining help? kNN macro AUROC of teacher checkpoints vs the same architecture at random init.
 
-    python -m dermino_model.evidence CKPT [CKPT ...] [--dataset dermsynth] [--n-boot 1000] [--seed 0]
+    python -m dermino_model.evidence CKPT [CKPT ...] [--dataset dermsynth] [--n-boot N] [--seed 0]
 
 Bank = the dataset's train split, queries = its test split (held out from pretraining). Every model is
 scored on the same bootstrap resamples of the queries (paired), and each checkpoint is compared with the
@@ -38,24 +38,20 @@ def _splits(dataset: str, max_images: int) -> tuple[list[_Img], np.ndarray, list
             [_Img(s.load_image()) for s in query], np.array([s.label for s in query]))
 
 
-def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int = 1000,
-                     seed: int = 0) -> dict[str, float]:
-    """AUROC(a) - AUROC(b) on identical resamples of the queries."""
-    from dermino_model.monitor import macro_auroc
+def paired_bootstrap(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n_boot: int | None = None,
+                     seed: int = 0, split_hash: str = "dermino-evidence") -> dict[str, float]:
+    """AUROC(a) - AUROC(b) on identical resamples of the queries, through the toolkit's own paired test."""
+    from dermbench import api
 
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        diffs.append(macro_auroc(y[idx], scores_a[idx]) - macro_auroc(y[idx], scores_b[idx]))
-    d = np.array(diffs)
-    d = d[np.isfinite(d)]
-    p = (1 + min((d <= 0).sum(), (d >= 0).sum()) * 2) / (len(d) + 1)
-    return {"diff": macro_auroc(y, scores_a) - macro_auroc(y, scores_b), "ci_low": float(np.percentile(d, 2.5)),
-            "ci_high": float(np.percentile(d, 97.5)), "p": float(min(p, 1.0)), "n_boot": len(d)}
+    ids = [str(i) for i in range(len(y))]
+    pred = lambda s: {"ids": ids, "y_true": y, "scores": s, "y_pred": s.argmax(1)}  # noqa: E731
+    r = api.paired_test(pred(scores_a), pred(scores_b), "auroc_macro", split_hash=f"{split_hash}:{seed}",
+                        n_boot=n_boot or api.N_BOOT)
+    return {"diff": float(r["diff"]), "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]),
+            "p": float(r["p_value"]), "n_boot": int(r["n_used"])}
 
 
-def evaluate(checkpoints: list[str], dataset: str = "dermsynth", n_boot: int = 1000, seed: int = 0,
+def evaluate(checkpoints: list[str], dataset: str = "dermsynth", n_boot: int | None = None, seed: int = 0,
              max_images: int = 400, k: int = 20) -> dict[str, Any]:
     import torch
 
@@ -98,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", nargs="+")
     ap.add_argument("--dataset", default="dermsynth")
-    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--n-boot", type=int, default=None, help="bootstrap replicates (default: dermbench's N_BOOT)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=400)
     args = ap.parse_args(argv)

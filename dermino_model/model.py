@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn as nn
@@ -98,8 +97,3 @@ def ema_update(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
 
 def unwrap(m: nn.Module) -> nn.Module:
     return m.module if hasattr(m, "module") else m
-
-
-def clone_for_export(teacher: SSLModel) -> nn.Module:
-    """The teacher's timm ViT (what the ``dermino`` backbone serves)."""
-    return copy.deepcopy(teacher.backbone.vit)
