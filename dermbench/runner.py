@@ -185,6 +185,18 @@ def summarize_skips(skipped: Sequence[tuple[Cell, str]]) -> list[str]:
         key = (why.replace(f"'{cell.task}'", "<task>").replace(f"'{cell.model}'", "<model>")
                .replace(f"'{cell.dataset}'", "<dataset>"))
         groups.setdefault(key, []).append(cell)
+    pairs = {(c.model, c.dataset) for cells in groups.values() for c in cells}
+    if len(pairs) == 1 and len(groups) > 1:  # one model on one dataset (`--task all`): the left-out tasks in one line
+        (m, d), = pairs
+        def short(key: str) -> str:
+            for tail in (" (task <task> needs them)", " (task <task> needs at least one)"):
+                key = key.replace(tail, "")
+            key = key.replace("task <task> is not part of --task all (expensive): name it explicitly",
+                              "not in --task all (expensive: name them with --task)")
+            return key.replace("<model>", m).replace("<dataset>", d)
+
+        return [f"skip {sum(len(v) for v in groups.values())} task(s) of {m} on {d}: " + "; ".join(
+            f"{', '.join(dict.fromkeys(c.task for c in cells))} — {short(key)}" for key, cells in groups.items())]
     lines = []
     for key, cells in groups.items():
         axes = [list(dict.fromkeys(getattr(c, a) for c in cells)) for a in ("model", "task", "dataset")]

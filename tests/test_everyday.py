@@ -176,6 +176,11 @@ def test_masks_of_a_variant_are_used_by_the_main_name_and_skips_are_one_line_per
     assert len(left_out) == 1 and all(t in left_out[0] for t in ("finetune", "robustness", "transfer"))
     assert reasons  # every skipped cell is covered by some line
     assert sum(int(ln.split()[1]) for ln in lines) == len(p_all.skipped)
+    # one model on one dataset: every left-out task and its reason in ONE line
+    [line] = runner.summarize_skips(runner.plan(["random-vit"], ["all"], ["ph2"]).skipped)
+    assert "captioning — dataset ph2 has no captions" in line and "zeroshot — model random-vit lacks text" in line
+    left_out = {t.strip() for part in line.split(";") for t in part.split("—")[0].split(":")[-1].split(",")}
+    assert "finetune" in left_out and "segmentation" not in left_out  # segmentation went to ph2-seg
 
 
 def test_line_progress_reports_rate_and_eta_every_interval():
