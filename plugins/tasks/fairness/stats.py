@@ -296,8 +296,12 @@ def fairness_metric(name: str) -> api.Metric:
         pt = group_values(p, bm.name, np.ones((1, p.n), dtype=W.dtype), codes, k)[:, 0]
         R = group_values(p, bm.name, W, codes, k)
         if kind == "gap":
-            return api.projection_gap_interval(pt, R, alpha)
-        return api.projection_worst_interval(pt, R, higher_is_better=bm.higher_is_better, alpha=alpha)
+            lo, hi, note = api.projection_gap_interval(pt, R, alpha)
+        else:
+            lo, hi, note = api.projection_worst_interval(pt, R, higher_is_better=bm.higher_is_better, alpha=alpha)
+        if bm.name in _UNIT_METRICS:  # values (and gaps) of these metrics lie in [0, 1]
+            lo, hi = max(0.0, lo), min(1.0, hi)
+        return lo, hi, note
 
     return api.Metric(
         name, bm.needs + (group_key(attr),), weighted, lambda p: _jackknife_via_weights(p, weighted),
@@ -306,6 +310,9 @@ def fairness_metric(name: str) -> api.Metric:
                      else f"worst {attr} group's {bm.name}"),
         extra={"bca": False, "interval": interval, "interval_name": "projection"},
     )
+
+
+_UNIT_METRICS = ("auroc_macro", "accuracy", "balanced_accuracy", "f1_macro", "ece", "brier", "dice", "jaccard")
 
 
 def eod_interval(p: Any, W: np.ndarray, codes: np.ndarray, k: int, alpha: float) -> tuple[float, float, str]:
@@ -337,7 +344,8 @@ def eod_interval(p: Any, W: np.ndarray, codes: np.ndarray, k: int, alpha: float)
         highs.append(float(np.maximum(np.abs(l_), np.abs(h_)).max()))
     if not lows:
         return math.nan, math.nan, "equalized odds undefined in every class"
-    return float(np.mean(lows)), float(np.mean(highs)), (
+    # rates lie in [0, 1], so a rate difference never exceeds 1
+    return float(np.mean(lows)), min(1.0, float(np.mean(highs))), (
         f"projection of simultaneous max-t intervals over {pt.size} pairwise TPR/FPR group differences (c={c_:.3g})")
 
 
@@ -413,6 +421,8 @@ def group_table(
             else:
                 lo_, hi_, note_ = api.projection_worst_interval(pt, reps, higher_is_better=m.higher_is_better,
                                                                 alpha=alpha)
+            if metric in _UNIT_METRICS:
+                lo_, hi_ = max(0.0, lo_), min(1.0, hi_)
             target[metric] = {"value": _f(v), "ci_low": _f(lo_), "ci_high": _f(hi_), "ci_method": "projection",
                               "n_invalid": int((~np.isfinite(_reduce(kind, reps, m.higher_is_better))).sum()),
                               "note": note_}
