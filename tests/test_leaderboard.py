@@ -338,6 +338,35 @@ def test_reference_numbers_and_reproduction_verdict(results, tmp_path) -> None:
         refs.load(bad)
 
 
+def test_shipped_reference_table_names_registered_models_datasets_metrics_and_a_source() -> None:
+    from dermbench.plugins import registry
+
+    reg = registry()
+    doc = refs.load()
+    assert doc["version"] != "unversioned" and len(doc["entries"]) >= 20
+    for i, e in enumerate(doc["entries"]):
+        where = f"entry #{i} ({e['model']}, {e['dataset']}, {e['metric']})"
+        assert e["model"] in reg.models, f"{where}: model not registered"
+        assert e["dataset"] in reg.datasets, f"{where}: dataset not registered"
+        assert e["task"] in reg.tasks and e["metric"] in reg.tasks[e["task"]].info.metrics, where
+        # a citation that can be opened again: repository@40-hex commit:path, or a URL; plus the split it used
+        assert re.search(r"@[0-9a-f]{40}:\S+|https?://\S+", e["source"]), f"{where}: source is not a pinned citation"
+        assert e["split"].strip(), where
+        assert 0.0 <= e["value"] <= 1.0, where
+        if e.get("ci_low") is not None:
+            assert e["ci_low"] <= e["value"] <= e["ci_high"], f"{where}: value outside its own published CI"
+    # Each (model, dataset, source) reports the same test set size for all its metrics.
+    sizes: dict[tuple[str, str, str], set[int]] = {}
+    for e in doc["entries"]:
+        sizes.setdefault((e["model"], e["dataset"], e["source"].split(",")[0]), set()).add(e["n"])
+    assert all(len(s) == 1 for s in sizes.values()), sizes
+    # The verdict on a shipped row: a measured CI around it reproduces it, one entirely below does not.
+    e = next(x for x in doc["entries"] if x["model"] == "panderm-l" and x["metric"] == "auroc_macro")
+    assert refs.verdict(e, {"value": e["value"], "ci_low": e["value"] - 0.01, "ci_high": e["value"] + 0.01})[0] == "reproduced"
+    short, why = refs.verdict(e, {"value": 0.5, "ci_low": 0.45, "ci_high": 0.55})
+    assert short == "not reproduced" and "above" in why
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
