@@ -312,8 +312,10 @@ def _print_summary(console, summary, out: Path) -> None:
         by_msg: dict[str, list] = {}
         for cell, msg in summary.failed:  # one message once, with the cells it stopped
             by_msg.setdefault(msg, []).append(cell)
+        said = set(getattr(summary, "unavailable", {}).values())
         for msg, cells in by_msg.items():
-            console.print(f"  {', '.join(f'{c.model}×{c.task}×{c.dataset}' for c in cells)}: {msg}", highlight=False)
+            why = "its model could not be loaded (message above)" if msg in said else msg
+            console.print(f"  {', '.join(f'{c.model}×{c.task}×{c.dataset}' for c in cells)}: {why}", highlight=False)
 
 
 @app.command("list")

@@ -68,6 +68,7 @@ class RunSummary:
     failed: list[tuple[Cell, str]] = field(default_factory=list)
     repaired: list[tuple[Cell, str]] = field(default_factory=list)  # bad records moved aside (recomputed)
     backbone_loads: int = 0
+    unavailable: dict[str, str] = field(default_factory=dict)  # model -> its loader's message (said once, up front)
 
     @property
     def ok(self) -> bool:
@@ -758,7 +759,7 @@ class Runner:
                 raise
             except Exception as e:
                 bad[m] = str(e) if isinstance(e, DermbenchError) else f"{type(e).__name__}: {e}"
-                self._unavailable[m] = bad[m]
+                self._unavailable[m] = s.unavailable[m] = bad[m]
         if not bad:
             return p
         keep = []

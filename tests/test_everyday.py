@@ -72,6 +72,7 @@ def test_weights_resolved_once_per_model_before_any_cell(tmp_path, loadcount, no
     # the missing weights are said once, with the command that creates them
     assert out.count("cannot run dermino") == 1 and out.count("no DermINO weights") == 1
     assert "dermbench pretrain --preset demo" in out
+    assert list(s.unavailable) == ["dermino"] and "no DermINO weights" in s.unavailable["dermino"]
     assert "FAILED" not in out
 
 
