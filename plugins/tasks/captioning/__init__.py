@@ -263,7 +263,7 @@ class Captioning:
             timings["dermino_metrics_s"] = time.perf_counter() - t1
         paired = {}
         for name in metrics:
-            r = api.paired_test(preds, base_preds, name, split_hash=test.hash, seed=ctx.seed, n_boot=ctx.n_boot)
+            r = api.paired_test(preds, base_preds, name, split_hash=test.hash, n_boot=ctx.n_boot)
             paired[name] = {key: r[key] for key in ("diff", "value_a", "value_b", "ci_low", "ci_high", "p_value")}
         corpus_gen = dict(gen.corpus)
         corpus_base = dict(base.corpus)

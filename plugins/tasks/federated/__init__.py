@@ -398,9 +398,9 @@ class Federated:
             "rounds": summary["rounds"], "failures": failures,
             "flower_train_metrics": summary["train_metrics"], "flower_evaluate_metrics": summary["evaluate_metrics"],
             "n_train_participating": int(part.sum()), "n_test": len(test), "flower_seconds": round(t_fl, 3),
-            "bounds": self._bounds(test, preds, yte, s_loc, covered, ste, seed, n_boot),
+            "bounds": self._bounds(test, preds, yte, s_loc, covered, ste, n_boot),
             "per_site": self._per_site(test, yte, ste, {"federated": s_fed, "centralised": s_cen, "local_only": s_loc},
-                                       seed, n_boot),
+                                       n_boot),
             "deployment": summary.get("deployment"),
             "fault_injected": self.fault or None,
             "clients_are": "datasets" if merged_record else "sites inside the dataset",
@@ -416,7 +416,7 @@ class Federated:
                           artifacts=[str(fl_dir / "weights.npz"), str(fl_dir / "server.json")])
 
     @staticmethod
-    def _bounds(test: Split, preds: dict, yte: Any, s_loc: Any, covered: Any, ste: Any, seed: int,
+    def _bounds(test: Split, preds: dict, yte: Any, s_loc: Any, covered: Any, ste: Any,
                 n_boot: int) -> dict[str, Any]:
         """Centralised (upper) and local-only (lower) bounds, scored and paired against the federated model."""
         import numpy as np
@@ -425,9 +425,9 @@ class Federated:
 
         out: dict[str, Any] = {"centralised": {
             "what": "same schedule on the union of the participating sites' training data (upper bound)",
-            "metrics": api.score(preds["centralised"], list(CLS_METRICS), split_hash=test.hash, seed=seed,
+            "metrics": api.score(preds["centralised"], list(CLS_METRICS), split_hash=test.hash,
                                    n_boot=n_boot),
-            "federated_minus_centralised": _paired(preds["federated"], preds["centralised"], test.hash, seed, n_boot),
+            "federated_minus_centralised": _paired(preds["federated"], preds["centralised"], test.hash, n_boot),
         }}
         idx = np.flatnonzero(covered)
         sub_hash = stable_hash([test.hash, "covered", idx.tolist()])
@@ -439,16 +439,16 @@ class Federated:
             "what": "each site trains alone with the same schedule; a test sample is scored by its own site's model "
                     "(lower bound); test samples of sites without a local model are left out",
             "n_scored": int(idx.size), "n_left_out": int(len(yte) - idx.size),
-            "metrics": api.score(loc, list(CLS_METRICS), split_hash=sub_hash, seed=seed, n_boot=n_boot)
+            "metrics": api.score(loc, list(CLS_METRICS), split_hash=sub_hash, n_boot=n_boot)
             if idx.size else {},
-            "federated_on_same_samples": api.score(fed, list(CLS_METRICS), split_hash=sub_hash, seed=seed,
+            "federated_on_same_samples": api.score(fed, list(CLS_METRICS), split_hash=sub_hash,
                                                      n_boot=n_boot) if idx.size else {},
-            "federated_minus_local": _paired(fed, loc, sub_hash, seed, n_boot) if idx.size else {},
+            "federated_minus_local": _paired(fed, loc, sub_hash, n_boot) if idx.size else {},
         }
         return out
 
     @staticmethod
-    def _per_site(test: Split, yte: Any, ste: Any, scores: dict[str, Any], seed: int, n_boot: int) -> dict:
+    def _per_site(test: Split, yte: Any, ste: Any, scores: dict[str, Any], n_boot: int) -> dict:
         """AUROC / F1 with CIs on each site's test samples, for each training regime."""
         import numpy as np
 
@@ -466,18 +466,18 @@ class Federated:
                     rec[name] = None  # no local model for this site
                     continue
                 rec[name] = api.score({"ids": ids, "y_true": yte[idx], "scores": si, "y_pred": np.argmax(si, 1)},
-                                        list(SITE_METRICS), split_hash=h, seed=seed, n_boot=n_boot)
+                                        list(SITE_METRICS), split_hash=h, n_boot=n_boot)
             out[site] = rec
         return out
 
 
-def _paired(a: dict, b: dict, split_hash: str, seed: int, n_boot: int) -> dict[str, Any]:
+def _paired(a: dict, b: dict, split_hash: str, n_boot: int) -> dict[str, Any]:
     from dermbench import api
 
     out = {}
     for m in SITE_METRICS:
         try:
-            out[m] = api.paired_test(a, b, m, split_hash=split_hash, seed=seed, n_boot=n_boot)
+            out[m] = api.paired_test(a, b, m, split_hash=split_hash, n_boot=n_boot)
         except DermbenchError as e:  # undefined on this subset (e.g. one class present)
             out[m] = {"diff": None, "note": str(e)}
     return out
