@@ -742,13 +742,15 @@ class Runner:
         """Load every model of the plan once, before any dataset is loaded or cell run.
 
         A model whose weights are missing (or whose loader fails) gets ONE message, and its cells fail at once
-        instead of one by one after minutes of work; the other models go on. Loaded backbones are kept for
-        their cells (the run then frees each after its last cell), so this costs no second load. A model whose
+        instead of one by one after minutes of work; the other models go on. Only the first model's backbone is
+        kept (cells run grouped by model, each freed after its last cell); the others are loaded again when their
+        turn comes, so a grid of large models never holds more than one in memory. A model whose
         cells all have a record on disk is not loaded here: the records may be reused without it.
         """
         s = self.summary
         cells = shard_cells(p.cells, self.opts.shard)
         bad: dict[str, str] = {}
+        kept = False
         for m in dict.fromkeys(c.model for c in cells):
             mine = [c for c in cells if c.model == m]
             if self.opts.overwrite != "always" and all(self._has_record_file(c) for c in mine):
@@ -760,6 +762,10 @@ class Runner:
             except Exception as e:
                 bad[m] = str(e) if isinstance(e, DermbenchError) else f"{type(e).__name__}: {e}"
                 self._unavailable[m] = s.unavailable[m] = bad[m]
+            else:
+                if kept:  # one backbone in memory at a time: later models are loaded again for their cells
+                    self._backbones.pop(m, None)
+                kept = True
         if not bad:
             return p
         keep = []
