@@ -157,3 +157,35 @@ def test_without_options_probe_is_unchanged(curve_runs, tmp_path):
     assert not s.failed
     rec = load_records(tmp_path / "r")[0]
     assert CURVE_KEY not in rec.extra and rec.extra["n_train"] == 12
+
+
+def test_curve_bootstrap_uses_the_records_resamples_not_the_training_seed():
+    """Issue 17.5: the curve's bootstrap CI comes from ``api.resamples_for`` (test split hash + the fixed
+    bootstrap seed, within classes) -- the resamples the record's own metrics use -- so it is identical
+    whatever the training seed, and equals the percentile interval of the metric on those resamples."""
+    from dermbench import api
+    from dermbench_plugins.tasks.label_efficiency.curves import run_curve
+
+    class _S:  # the parts of a Split run_curve reads
+        def __init__(self, h, n):
+            self.hash, self.ids = h, [f"{h}-{i}" for i in range(n)]
+
+        def __len__(self):
+            return len(self.ids)
+
+    rng = np.random.default_rng(3)
+    y_tr = np.repeat([0, 1, 2], [40, 30, 30])
+    y_te = np.repeat([0, 1, 2], [45, 30, 15])
+    scores = rng.normal(size=(90, 3)) + 1.5 * np.eye(3)[y_te]
+    train, test = _S("train-hash", 100), _S("test-hash", 90)
+    fp = lambda pos: (scores, scores.argmax(1))  # noqa: E731  (the fit ignores which labels it got)
+    curve, _ = run_curve(train, test, y_tr, fp, [("fraction", 1.0)], draws=2, metrics=["accuracy"], n_boot=400,
+                         y_test=y_te)
+    pred = {"ids": test.ids, "y_true": y_te, "scores": scores, "y_pred": scores.argmax(1)}
+    idx, strata = api.resamples_for(pred, split_hash=test.hash, n_boot=400)
+    assert strata == "y_true"
+    lo, hi = np.quantile(api.replicates(pred, "accuracy", idx), [0.025, 0.975])
+    m = curve["points"][0]["metrics"]["accuracy"]
+    assert m["mean"] == pytest.approx(np.mean(pred["y_pred"] == y_te))
+    assert (m["boot_ci_low"], m["boot_ci_high"]) == pytest.approx((lo, hi))
+    assert m["boot_ci_low"] < m["mean"] < m["boot_ci_high"]

@@ -12,13 +12,14 @@ Design
   model sees identical labelled images. Within a draw, each class is permuted once and a setting takes the
   first ``k_c`` images of that permutation: subsets of one draw are **nested** (the 10% subset contains the
   1% one), which makes curves smooth and paired across settings. The cell seed (``--seed``) changes the
-  classifier's initialisation and the bootstrap resamples, not the subsets.
+  classifier's initialisation only: neither the subsets nor the bootstrap resamples.
 * Stratified: ``k_c = max(1, round(fraction * n_c))`` (every training class keeps at least one labelled image,
   so a classifier exists at 1%) or ``k_c = min(K, n_c)`` for ``shots``. The x axis is the number of labels
   actually used.
 * Per setting the curve holds, for every metric: the mean over draws, the draw SD, a 95% t-interval over
   draws (the spread due to *which* labels were drawn) and a 95% bootstrap CI of the draw-averaged metric
-  (the test-set sampling spread: replicate indices from the test split hash and seed, shared by all models).
+  (the test-set sampling spread: the record's own resamples, ``api.resamples_for`` -- test split hash, the
+  fixed ``BOOTSTRAP_SEED``, within classes -- shared by all models and all training seeds).
 * ``labels_needed`` reads "labels needed to reach X" off the curve: linear interpolation between the two
   settings bracketing X, on the mean curve and on each draw's curve (draws are nested, so each draw has a
   curve), reporting the spread across draws.
@@ -124,7 +125,6 @@ def run_curve(
     *,
     draws: int,
     metrics: Sequence[str],
-    seed: int,
     n_boot: int,
     y_test: Any,
     log: Callable[[str], None] = lambda m: None,
@@ -142,7 +142,9 @@ def run_curve(
         raise DermbenchError(f"draws must be >= 1, got {draws}")
     n_tr = len(y_train)
     orders = [class_orders(y_train, train.hash, d) for d in range(draws)]
-    idx = api.Resamples(api.bootstrap_indices(test.hash, seed, len(test), n_boot))
+    # issue 17.5: the resamples every scorer of this test split uses (split hash + fixed bootstrap seed,
+    # stratified by class), never the training seed -- so curves of different seeds and models are paired
+    idx, _ = api.resamples_for({"ids": test.ids, "y_true": y_test}, split_hash=test.hash, n_boot=n_boot)
     points: list[dict[str, Any]] = []
     primary: tuple[Any, Any] | None = None
     for si, (kind, value) in enumerate(settings):
@@ -349,6 +351,6 @@ def curve_output(ctx: Any, train: Split, test: Split, ytr: Any, yte: Any, fit_pr
         ) from None
     n_boot = int(n_boot) if n_boot is not None else int(getattr(ctx, "n_boot", N_BOOT))
     curve, (scores, y_pred) = run_curve(train, test, ytr, fit_predict, settings, draws=int(draws), metrics=metrics,
-                                        seed=ctx.seed, n_boot=n_boot, y_test=yte, log=ctx.log)
+                                        n_boot=n_boot, y_test=yte, log=ctx.log)
     curve["labels_needed"] = default_targets(curve) + [labels_needed(curve, t) for t in targets]
     return curve, scores, y_pred
