@@ -150,11 +150,11 @@ def federated_check(paths: Sequence[Path], margin: float = FEDERATED_MARGIN) -> 
 
 
 def compact_table(data: dict[str, Any], n_boot: int | None = None) -> tuple[str, list[str]]:
-    """One column per task (its primary metric): value [95% CI], **best**, ≈ not significantly worse than the
+    """One column per task (its primary metric): value [95% CI], **best**, "n.s." not significantly worse than the
     best (paired bootstrap, one Holm family per column). Returns the table and its legend lines.
 
     A column whose smallest attainable Holm-adjusted p is >= 0.05 at this B can show no significant difference,
-    so it gets no ≈ marks at all (the legend says so) rather than marks that cannot mean anything."""
+    so it gets no "n.s." marks at all (the legend says so) rather than marks that cannot mean anything."""
     reg = plugins.registry()
     cols = []
     for c in data["columns"]:
@@ -172,18 +172,18 @@ def compact_table(data: dict[str, Any], n_boot: int | None = None) -> tuple[str,
                 cells.append("-")
                 continue
             txt = f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
-            mark = " ≈" if e.get("tie") and c["key"] not in unresolvable else ""
+            mark = " n.s." if e.get("tie") and c["key"] not in unresolvable else ""
             cells.append(f"**{txt}**" if e.get("best") else txt + mark)
         lines.append("| " + " | ".join(cells) + " |")
     sizes = sorted({int(c["family_size"]) for c in cols if c.get("family_size")})
     legend = []
     if sizes:
         legend.append(
-            f"**best**; ≈ = not significantly worse than the best (paired bootstrap on identical resamples, "
+            f"**best**; n.s. = not shown to differ from the best (paired bootstrap on identical resamples, "
             f"Holm within each column: {'/'.join(map(str, sizes))} test(s) per column"
             + (f", smallest attainable adjusted p {max(sizes)}/(B+1) = {max(sizes) / (n_boot + 1):.3f} at B={n_boot}"
                if n_boot else "") + "); unmarked = significantly worse at 0.05.")
     if unresolvable:
-        legend.append(f"no ≈ marks in {len(unresolvable)} column(s): at this B no difference there can reach "
+        legend.append(f"no n.s. marks in {len(unresolvable)} column(s): at this B no difference there can reach "
                       "p < 0.05 after Holm (raise --n-boot)")
     return "\n".join(lines), legend
