@@ -3,6 +3,7 @@
 Imports nothing heavy at module level (``dermbench --help`` stays instant).
 """
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import List, Optional
@@ -50,19 +51,12 @@ DERMINO_RANDOM = ModelInfo(
 def _release_info() -> ModelInfo:
     from dermino_model.backbone import RELEASE_TRAINED_ON, RELEASE_URL
 
-    return ModelInfo(
+    return replace(  # the same architecture and eval preprocessing as `dermino`; its own weights, licence, data
+        DERMINO,
         name="dermino-release",
-        family="DermINO",
-        source="custom",
-        embed_dim=768,
-        patch_size=14,
-        preprocess=Preprocess(crop=224, resize=256, **IMAGENET),  # the authors' eval: resize 256 bicubic -> crop 224
-        capabilities=frozenset({"cls", "patch_tokens"}),
         weights=(f"teacher_checkpoint.pth (DermINO_Base, {RELEASE_URL}); --weights or DERMBENCH_WEIGHTS_DERMINO_RELEASE",),
         license="CC-BY-NC-ND-4.0",
-        commercial_use=False,
         trained_on=RELEASE_TRAINED_ON,
-        citation=CITATION,
         description="the authors' released DermINO ViT-B/14 teacher; pretrained with labels on the train splits "
                     "of 13 public dermatology sets (no split lists published), so every overlapping test set is flagged",
         embed_note="CLS token of the released teacher after the final LayerNorm",

@@ -11,16 +11,7 @@ from dermbench.api import DermbenchError
 from dermbench.results import read_record
 
 from conftest import SHARED_DATA
-from test_transfer import TinyConv, TinyPlugin
-
-
-@pytest.fixture
-def tiny():
-    plugins.registry()
-    plugins.register_plugin(TinyPlugin(), name="tiny-conv")
-    TinyConv.images = 0
-    yield TinyConv
-    plugins.unregister_plugin("tiny-conv")
+from test_transfer import tiny  # noqa: F401  (the shared tiny-backbone fixture)
 
 
 def _opts(tmp_path, **params):
