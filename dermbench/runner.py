@@ -511,6 +511,28 @@ class CellContext:
         self._runner.log(f"  {message}")
 
 
+def _count_params(bb: Any) -> int | None:
+    """Parameters of the loaded backbone's torch module (None when it has none, e.g. a hand-crafted plugin)."""
+    if bb is None:
+        return None
+    candidates = []
+    if callable(getattr(bb, "_module", None)):
+        try:
+            candidates.append(bb._module())
+        except Exception:  # a base class without a module
+            pass
+    candidates += [getattr(bb, "model", None), bb]
+    for obj in candidates:
+        if obj is not None and callable(getattr(obj, "parameters", None)):
+            try:
+                n = int(sum(p.numel() for p in obj.parameters()))
+            except Exception:
+                continue
+            if n > 0:
+                return n
+    return None
+
+
 def _check_split(split: Any, method: str) -> None:
     if not isinstance(split, Split):
         raise DermbenchError(
@@ -1036,6 +1058,7 @@ class Runner:
                 "name": minfo.name, "family": minfo.family, "source": minfo.source, "embed_dim": minfo.embed_dim,
                 "license": minfo.license, "commercial_use": minfo.commercial_use, "trained_on": list(minfo.trained_on),
                 "weights_id": bb.weights_id if bb is not None else None, "random_init": minfo.random_init,
+                "params": _count_params(bb),  # of the loaded module (the leaderboard's Params column)
                 # the LOADED backbone's preprocessing (a checkpoint may fix another size than the registry's)
                 "preprocess": (getattr(getattr(bb, "info", None), "preprocess", None) or minfo.preprocess).key(),
             },

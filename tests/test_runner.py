@@ -252,3 +252,17 @@ def test_generic_csv_fields_are_known_after_loading(tmp_path):
     refined = runner.Runner(opts, quiet=True).refine(p)
     assert {c.task for c in refined.cells} == {"captioning", "retrieval"}
     assert "has no masks" in dict((c.task, w) for c, w in refined.skipped)["segmentation"]
+
+
+def test_record_counts_the_loaded_backbones_parameters(tmp_path):
+    """The leaderboard's Params column comes from the record: the loaded module's parameter count."""
+    from dermbench.leaderboard import _params_text
+
+    opts = _opts(tmp_path, model_opts={"depth": 1})
+    s = runner.run(["random-vit"], ["retrieval"], ["dermsynth"], opts, quiet=True)
+    assert s.ok, s.failed
+    rec = read_record(s.done[0][1])
+    same = plugins.registry().model("random-vit").obj(depth=1)
+    expected = sum(p.numel() for p in same.model.parameters())
+    assert rec.model_info["params"] == expected and 1e5 < expected < 2e7  # a 1-block ViT-S/16: ~2M, not ~22M
+    assert _params_text(rec.model_info["params"]) == f"{expected / 1e6:.0f}M"
