@@ -372,3 +372,13 @@ def test_bad_options_name_the_fix(registry):
         load(n="many")
     ds = load(n="24", size="48", tone_contrast_gap="0.2")  # command-line strings are converted
     assert len(ds) == 24 and ds.samples[0].load_image().size == (48, 48)
+
+
+def test_dataset_info_class_names_match_the_generator():
+    """The entry module repeats the class names to stay import-light (no numpy/PIL); they must not drift."""
+    from dermbench_plugins.datasets import dermsynth
+    from dermbench_plugins.datasets.dermsynth import generator
+
+    infos = {i.name: i for i in (v for v in vars(dermsynth).values() if type(v).__name__ == "DatasetInfo")}
+    assert infos["dermsynth"].label_names == generator.DIAGNOSES
+    assert infos["dermsynth-severity"].label_names == generator.SEVERITY_GRADES
