@@ -7,17 +7,116 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from dermbench.api import DermbenchError
 from dermbench.defaults import CI_METHOD, N_BOOT
 
+
+class _Group(TyperGroup):
+    """The top-level group: plugin commands are imported only when one is run or its own help is asked for.
+
+    ``dermbench --help`` lists them from :mod:`dermbench.command_index` and is rendered by plain click (the rich
+    renderer alone took ~0.1 s), so it imports no plugin module; sub-command help keeps Typer's rich layout."""
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        cmd = super().get_command(ctx, name)
+        if cmd is None:
+            _add_plugin_commands(self)
+            cmd = super().get_command(ctx, name)
+        return cmd
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = list(super().list_commands(ctx))
+        return names + [c["name"] for c in _plugin_listing(self) if c["name"] not in names]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        click.Command.format_help(self, ctx, formatter)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        listing = _plugin_listing(self)
+        from_plugins = {c["name"] for c in listing}
+        core = [(n, self.commands[n]) for n in super().list_commands(ctx)
+                if n not in from_plugins and not self.commands[n].hidden]
+        extra = [(c["name"], click.Command(c["name"], help=c["help"], short_help=c["short_help"]), c["plugin"])
+                 for c in listing if not c["hidden"] and c["name"] not in dict(core)]
+        width = max((len(n) for n, *_ in core + extra), default=0)
+        with formatter.section("Commands"):  # first sentence in full (wrapped), names aligned across sections
+            formatter.write_dl([(n.ljust(width), c.get_short_help_str(200)) for n, c in core])
+        if extra:
+            with formatter.section("Commands from plugins"):
+                formatter.write_dl([(n.ljust(width), f"{c.get_short_help_str(200)} [plugin {p}]")
+                                    for n, c, p in extra])
+
+
+_plugin_rows: list[dict[str, Any]] | None = None  # plugin commands added to `app` in this process
+
+
+def _add_plugin_commands(group: click.Group) -> list[dict[str, Any]]:
+    """Import plugins and let them add commands (once per process); refresh the on-disk listing.
+
+    A plugin command may not take a core command's name: it is left out with a warning instead of silently
+    replacing ``run`` or ``leaderboard``."""
+    global _plugin_rows
+    from dermbench import command_index, plugins
+
+    if _plugin_rows is not None:
+        return _plugin_rows
+    core = set(group.commands)
+    n_cmds, n_groups = len(app.registered_commands), len(app.registered_groups)
+    errors = [[e.plugin, e.error] for e in plugins.add_commands(app)]
+    rows = []
+    for info in app.registered_commands[n_cmds:] + app.registered_groups[n_groups:]:
+        plugin = getattr(info, "dermbench_plugin", "?")
+        one = typer.Typer()
+        if isinstance(info, typer.models.CommandInfo):
+            one.registered_commands = [info]
+        else:
+            one.registered_groups = [info]
+        built = typer.main.get_group(one).commands
+        clash = sorted(core & set(built))
+        if clash:
+            errors.append([plugin, f"command {clash[0]!r} is a core command; rename it"])
+            (app.registered_commands if info in app.registered_commands else app.registered_groups).remove(info)
+            continue
+        for name, cmd in built.items():
+            group.commands[name] = cmd
+            rows.append({"name": name, "help": cmd.help or "", "short_help": cmd.short_help, "hidden": cmd.hidden,
+                         "plugin": plugin, "files": list(getattr(info, "dermbench_files", []))})
+    _warn(errors)
+    if not plugins.load_errors():  # a plugin that failed to import may add commands once fixed: keep no index
+        command_index.write(rows, errors, [f for r in rows for f in r["files"]])
+    _plugin_rows = rows
+    return rows
+
+
+def _warn(errors: list[list[str]]) -> None:
+    for plugin, error in errors:
+        print(f"warning: plugin {plugin!r} failed to add commands: {error}", file=sys.stderr)
+
+
+def _plugin_listing(group: click.Group) -> list[dict[str, Any]]:
+    """Plugin commands for the help listing: from the index while it is valid, else by loading plugins."""
+    from dermbench import command_index, plugins
+
+    if _plugin_rows is None and plugins._pm is None:  # nothing imported yet: the index is enough
+        index = command_index.read()
+        if index is not None:
+            _warn(index.get("errors", []))
+            return index["commands"]
+    return _add_plugin_commands(group)
+
+
 app = typer.Typer(
     name="dermbench",
+    cls=_Group,
     help="Compare vision foundation models on dermatology, with bootstrap CIs and paired tests.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    suggest_commands=False,  # click already suggests close names; both made "Did you mean 'run'?" appear twice
 )
 plugins_app = typer.Typer(help="List installed plugins, or check one.", invoke_without_command=True)
 cache_app = typer.Typer(help="Inspect or clear the feature cache.", no_args_is_help=True)
@@ -572,16 +671,8 @@ def demo(
                               n_boot=n_boot))
 
 
-def _load_plugin_commands() -> None:
-    from dermbench import plugins
-
-    for e in plugins.add_commands(app):
-        print(f"warning: plugin {e.plugin!r} failed to add commands: {e.error}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _load_plugin_commands()
     try:
         app(args=argv, standalone_mode=True)
     except DermbenchError as e:

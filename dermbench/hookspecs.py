@@ -41,7 +41,10 @@ def register_metrics(register):
 
 @hookspec
 def register_commands(app):
-    """Add Typer sub-commands to the ``dermbench`` app (``dermino_model`` adds ``pretrain``)."""
+    """Add Typer sub-commands to the ``dermbench`` app (``dermino_model`` adds ``pretrain``).
+
+    Called when a command that is not a core one is run (and when ``dermbench --help`` finds its cached listing
+    stale), so ``--help`` stays instant; a command may not take a core command's name."""
 
 
 @hookspec

@@ -106,6 +106,12 @@ def get_plugin_manager() -> pluggy.PluginManager:
 _errors_sink: list[PluginError] = []
 
 
+def load_errors() -> list[PluginError]:
+    """Entry points that failed to import (each is tried once per process)."""
+    get_plugin_manager()
+    return list(_errors_sink)
+
+
 def _load_entry_points(pm: pluggy.PluginManager, errors: list[PluginError]) -> None:
     allowed = _allowed()
     seen: set[str] = set()
@@ -306,12 +312,29 @@ def plugin_rows() -> list[dict[str, Any]]:
 
 
 def add_commands(app: Any) -> list[PluginError]:
-    """Let plugins add Typer commands; failures are reported, not raised."""
+    """Let plugins add Typer commands; failures are reported, not raised.
+
+    Each command or sub-app a plugin adds is tagged ``dermbench_plugin`` (the plugin's name) and
+    ``dermbench_files`` (the files of its hook and callback), so ``--help`` can say where it came from
+    and :mod:`dermbench.command_index` knows which files to watch."""
+    import inspect
+
     pm = get_plugin_manager()
     errors: list[PluginError] = []
     for impl in pm.hook.register_commands.get_hookimpls():
+        n_cmds, n_groups = len(app.registered_commands), len(app.registered_groups)
         try:
             impl.function(app)
         except Exception as e:
             errors.append(PluginError(impl.plugin_name, "register_commands", f"{type(e).__name__}: {e}"))
+            continue
+        for info in app.registered_commands[n_cmds:] + app.registered_groups[n_groups:]:
+            files = set()
+            for fn in (impl.function, getattr(info, "callback", None)):
+                try:
+                    files.add(inspect.getsourcefile(fn))
+                except TypeError:
+                    pass
+            info.dermbench_plugin = impl.plugin_name
+            info.dermbench_files = sorted(f for f in files if f)
     return errors

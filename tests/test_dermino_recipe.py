@@ -316,7 +316,6 @@ def test_dry_run_prints_effective_config_beside_authors_and_out_alias(tmp_path, 
     from dermbench import cli
 
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "cache"))
-    cli._load_plugin_commands()
     res = CliRunner().invoke(cli.app, ["pretrain", "--preset", "paper", "--dry-run"])
     assert res.exit_code == 0, res.output
     rows = {line.split()[0]: line.split()[1:] for line in res.output.splitlines() if line.startswith("  ")}

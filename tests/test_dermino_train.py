@@ -282,7 +282,6 @@ def test_pretrain_command_through_plugin_hook(tmp_path, monkeypatch):
     from dermbench import cli
 
     monkeypatch.setenv("DERMBENCH_CACHE", str(tmp_path / "home"))
-    cli._load_plugin_commands()
     out = tmp_path / "cli"
     res = CliRunner().invoke(cli.app, ["pretrain", "--preset", "smoke", "--out", str(out), "--quiet",
                                        "--set", "sup_weight=0.5", "--max-steps", "2"])
