@@ -242,11 +242,18 @@ def run(
                                                "a flag also given must agree with it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list planned / reused / skipped cells and the estimated "
                                                           "time; loads no model, writes nothing"),
+    debug: bool = typer.Option(False, "--debug", help="full tracebacks of failed cells and errors (or "
+                                                      "DERMBENCH_DEBUG=1); they are always kept in <cell>.error.json"),
 ) -> None:
     """Run models x tasks x datasets; finished cells are skipped, results are written as JSON records."""
     import json
 
     from dermbench import runner
+
+    if debug:
+        from dermbench.check import DEBUG_ENV
+
+        os.environ[DEBUG_ENV] = "1"
 
     run_file = None
     if config is not None:
@@ -676,6 +683,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except DermbenchError as e:
+        from dermbench.check import debug_enabled
+
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -21,6 +21,10 @@ def test_unknown_model_lists_valid_names_and_fails():
     r = dermbench("run", "--model", "dinov3-b", "--task", "probe", "--dataset", "ph2")
     assert r.returncode == 2
     assert "unknown model 'dinov3-b'" in r.stderr and "random-vit" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = dermbench("run", "--model", "dinov3-b", "--task", "probe", "--dataset", "ph2", "--debug")
+    assert r.returncode == 2 and "unknown model 'dinov3-b'" in r.stderr.splitlines()[-1]
+    assert "Traceback (most recent call last)" in r.stderr and "plugins.py" in r.stderr
 
 
 def test_unknown_task_and_dataset_fail_with_the_valid_list():
