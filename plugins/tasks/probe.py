@@ -50,7 +50,7 @@ def train_linear(xtr, ytr, n_cls: int, *, epochs: int, lr: float, batch_size: in
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    X = torch.as_tensor(xtr, dtype=torch.float32)
+    X = torch.tensor(xtr, dtype=torch.float32)  # a copy: cached features are read-only memory maps
     Y = torch.as_tensor(ytr, dtype=torch.long)
     head = torch.nn.Linear(X.shape[1], n_cls)
     with torch.no_grad():  # seeded init independent of global RNG state
@@ -133,7 +133,7 @@ class Probe:
         head = train_linear(xtr, ytr, n_cls, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                             weight_decay=self.weight_decay, seed=seed, init=self.init, iterations=self.iterations)
         with torch.no_grad():
-            logits = head(torch.as_tensor(xte, dtype=torch.float32))
+            logits = head(torch.tensor(xte, dtype=torch.float32))
             scores = torch.softmax(logits.double(), dim=1).numpy()
         return scores, np.argmax(scores, axis=1)
 

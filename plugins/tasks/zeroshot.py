@@ -153,7 +153,7 @@ def image_embeddings(ctx: Any, bb: Any, split: Split, use_cache: bool) -> tuple[
     import torch
 
     if use_cache:
-        feats = torch.as_tensor(ctx.features(split), dtype=torch.float32)
+        feats = torch.tensor(ctx.features(split), dtype=torch.float32)
         probe = torch.stack([bb.transform(s.load_image()) for s in split.samples[:2]])
         direct = torch.as_tensor(bb.embed_image_for_text(probe), dtype=torch.float32).cpu()
         direct = torch.nn.functional.normalize(direct, dim=-1)
