@@ -43,6 +43,24 @@ class BaseBackbone:
     def patch_tokens(self, images: "torch.Tensor", layers: Sequence[int]) -> list["torch.Tensor"]:
         import torch
 
+        x = self._check_patch_request(images, layers)
+        with torch.inference_mode():
+            maps = self._patch_tokens(x, list(layers))
+        return [m.float().cpu() for m in maps]
+
+    def embed_and_patch_tokens(self, images: "torch.Tensor",
+                               layers: Sequence[int]) -> tuple["torch.Tensor", list["torch.Tensor"]]:
+        """``(embed(images), patch_tokens(images, layers))``, bit-identical to the two calls, from one forward
+        pass where the model allows it: the feature store fills both cache entries from one pass over a split
+        when a run needs both (segmentation and a pooled-feature task)."""
+        import torch
+
+        x = self._check_patch_request(images, layers)
+        with torch.inference_mode():
+            emb, maps = self._embed_and_patch_tokens(x, list(layers))
+        return emb.float().cpu(), [m.float().cpu() for m in maps]
+
+    def _check_patch_request(self, images: "torch.Tensor", layers: Sequence[int]) -> "torch.Tensor":
         if "patch_tokens" not in self.info.capabilities:
             raise DermbenchError(
                 f"model {self.info.name!r} has no patch tokens (capabilities: {sorted(self.info.capabilities)}); "
@@ -50,10 +68,7 @@ class BaseBackbone:
             )
         if not layers:
             raise DermbenchError("patch_tokens needs at least one layer index (e.g. [-1])")
-        x = self._check(images)
-        with torch.inference_mode():
-            maps = self._patch_tokens(x, list(layers))
-        return [m.float().cpu() for m in maps]
+        return self._check(images)
 
     def to(self, device: str) -> "BaseBackbone":
         self._module().to(device)
@@ -69,6 +84,11 @@ class BaseBackbone:
 
     def _patch_tokens(self, x: "torch.Tensor", layers: list[int]) -> list["torch.Tensor"]:
         raise NotImplementedError
+
+    def _embed_and_patch_tokens(self, x: "torch.Tensor",
+                                layers: list[int]) -> tuple["torch.Tensor", list["torch.Tensor"]]:
+        """Two passes unless a subclass knows its model computes both in one."""
+        return self._embed(x), self._patch_tokens(x, layers)
 
     def num_layers(self) -> int:
         """How many layer indices ``patch_tokens`` accepts (blocks for ViTs, stages for CNNs)."""
@@ -167,14 +187,32 @@ class TimmBackbone(BaseBackbone):
         return len(getattr(self.model, "feature_info", [])) or 5
 
     def _patch_tokens(self, x: "torch.Tensor", layers: list[int]) -> list["torch.Tensor"]:
+        return self._intermediates(x, layers, final=False)[1]
+
+    def _intermediates(self, x: "torch.Tensor", layers: list[int],
+                       final: bool) -> tuple["torch.Tensor | None", list["torch.Tensor"]]:
         idx = self._norm_layers(layers)
         uniq = sorted(set(idx))
-        kw: dict[str, Any] = dict(indices=uniq, output_fmt="NCHW", intermediates_only=True)
+        kw: dict[str, Any] = dict(indices=uniq, output_fmt="NCHW", intermediates_only=not final)
         if getattr(self.model, "blocks", None) is not None:
             kw["norm"] = self.norm_intermediates
-        maps = self.model.forward_intermediates(x, **kw)
+        out = self.model.forward_intermediates(x, **kw)
+        last, maps = out if final else (None, out)
         by = dict(zip(uniq, maps, strict=True))
-        return [by[i] for i in idx]
+        return last, [by[i] for i in idx]
+
+    def _embed_and_patch_tokens(self, x: "torch.Tensor",
+                                layers: list[int]) -> tuple["torch.Tensor", list["torch.Tensor"]]:
+        """One pass for timm's VisionTransformer (forward_intermediates runs every block and the final norm,
+        exactly forward_features' ops: bit-identical, tested); two passes for anything that overrides them."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        cls = type(self.model)
+        if not all(getattr(cls, f, None) is getattr(VisionTransformer, f)
+                   for f in ("forward_features", "forward_intermediates", "forward_head")):
+            return super()._embed_and_patch_tokens(x, layers)
+        last, maps = self._intermediates(x, layers, final=True)
+        return self.model.forward_head(last, pre_logits=True), maps
 
 
 # --------------------------------------------------------------------------------------------------

@@ -145,9 +145,54 @@ class FeatureStore:
         The maps are memory-mapped: slice them per batch (``maps[l][lo:hi]``) rather than converting them whole.
         """
         key = self.key(backbone, split, "patch", layers, dtype="float16")
+        if not self._collective:
+            both = self._with_embeddings(backbone, split, key, list(layers), device, progress)
+            if both is not None:
+                return both
         return self._get_or_compute(
             key, split, lambda x: backbone.patch_tokens(x, list(layers)), device, progress, backbone, np_dtype="float16"
         )
+
+    def _with_embeddings(self, backbone: Backbone, split: Split, key: dict, layers: list[int], device: str,
+                         progress: Any) -> list["np.ndarray"] | None:
+        """Patch maps and pooled embeddings from one pass when neither entry exists yet (one process).
+
+        The runner puts patch-token tasks first, so a run with segmentation and probe/kNN decodes and forwards
+        each split once (``Backbone.embed_and_patch_tokens``, or both calls on each decoded batch). None: the
+        embedding entry exists or another process is writing it; the caller extracts the maps alone."""
+        ids = split.ids
+        ekey = self.key(backbone, split, "embed")
+        if self.read(key, ids) is not None or self.read(ekey, ids) is not None:
+            return None
+        with self.lock(key), self.lock(ekey, blocking=False) as free:
+            if free is None or self.read(key, ids) is not None or self.read(ekey, ids) is not None:
+                return None
+            joint = getattr(backbone, "embed_and_patch_tokens", None)
+
+            def fn(x):
+                emb, maps = joint(x, layers) if joint else (backbone.embed(x), backbone.patch_tokens(x, layers))
+                return [emb, *maps]
+
+            self.stats.misses += 2
+            t0 = time.perf_counter()
+            ew, pw = _EntryWriter(self._entry_dir(ekey), len(split)), _EntryWriter(self._entry_dir(key), len(split))
+            try:
+                extract(backbone, split, fn, sink=lambda lo, arrays: (ew.add(lo, arrays[:1]), pw.add(lo, arrays[1:])),
+                        np_dtype=["float32"] + ["float16"] * len(layers), distributed=False, device=device,
+                        batch_size=self.batch_size, num_threads=self.num_threads, progress=progress,
+                        workers=self.workers, amp=self.amp, channels_last=self.channels_last)
+                ew.commit(ekey, ids)
+                pw.commit(key, ids)
+            finally:
+                ew.abort()
+                pw.abort()
+            self.stats.extract_seconds += time.perf_counter() - t0
+            self.stats.images_forwarded += len(split)
+        got = self.read(key, ids)
+        if got is None:
+            raise DermbenchError(f"feature entry {self._entry_dir(key)} was written but cannot be read back: check "
+                                 f"the disk under {self.root} (full? another process deleting it?)")
+        return got
 
     def put(self, key: dict, ids: Sequence[str], arrays: Sequence["np.ndarray"]) -> Path:
         """Write an entry directly (synthetic features for scale tests, imports from other tools)."""
@@ -190,8 +235,9 @@ class FeatureStore:
         return None
 
     @contextlib.contextmanager
-    def lock(self, key: dict) -> Iterator[bool]:
-        """Exclusive per-entry lock across processes; yields True when it had to wait for another holder.
+    def lock(self, key: dict, blocking: bool = True) -> Iterator[bool | None]:
+        """Exclusive per-entry lock across processes; yields True when it had to wait for another holder, and
+        None (not holding it) when ``blocking=False`` and another process holds it.
 
         ``flock`` locks vanish with their process, so a killed extraction never leaves a stale lock.
         """
@@ -202,13 +248,19 @@ class FeatureStore:
         except ImportError:  # pragma: no cover - not POSIX: no cross-process exclusion
             yield False
             return
-        fd = os.open(d.parent / f"{d.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fd: int | None = os.open(d.parent / f"{d.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            waited = False
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                waited = False
             except BlockingIOError:
                 waited = True
+            if waited and not blocking:
+                os.close(fd)
+                fd = None
+                yield None
+                return
+            if waited:
                 self.stats.lock_waits += 1
                 if self.log:
                     self.log(f"  waiting for another process extracting {key['model']} / "
@@ -216,10 +268,11 @@ class FeatureStore:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             yield waited
         finally:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
 
     def _get_or_compute(self, key, split, fn, device, progress, backbone, np_dtype="float32") -> list["np.ndarray"]:
         from dermbench import distributed as ddp
@@ -473,7 +526,7 @@ def extract(
     batch_size: int = 32,
     num_threads: int = 2,
     progress: Any = None,
-    np_dtype: str = "float32",
+    np_dtype: str | Sequence[str] = "float32",
     sink: Callable[[int, list["np.ndarray"]], None] | None = None,
     workers: int | None = None,
     amp: str | None = None,
@@ -530,7 +583,8 @@ def extract(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast:
             res = fn(x)
-        out = [r.detach().float().cpu().numpy().astype(np_dtype) for r in res]
+        dtypes = np_dtype if isinstance(np_dtype, (list, tuple)) else [np_dtype] * len(res)
+        out = [r.detach().float().cpu().numpy().astype(dt) for r, dt in zip(res, dtypes, strict=True)]
         if sink is not None:
             sink(lo, out)
         else:

@@ -141,7 +141,8 @@ def plan(models: Sequence[str], tasks: Sequence[str], datasets: Sequence[str], s
                                       f"task {t!r} is not part of --task all (expensive): name it explicitly"))
     else:
         task_names = list(tasks)
-    task_infos = [reg.task(t).info for t in task_names]
+    # patch-token tasks first: the feature store then fills the pooled embeddings from the same pass
+    task_infos = sorted((reg.task(t).info for t in task_names), key=lambda ti: "patch_tokens" not in ti.capabilities)
     for mi in model_infos:
         for di in dataset_infos:
             for ti in task_infos:

@@ -338,3 +338,34 @@ def test_segmentation_heads_stream_memory_mapped_patch_maps_batch_by_batch(tmp_p
         losses = train_head(head, m, masks, epochs=2, lr=1e-2, batch_size=4, weight_decay=0.0, seed=0)
         out.append((losses, predict_masks(head, m, 16, batch_size=3)))
     assert out[0][0] == out[1][0] and np.array_equal(out[0][1], out[1][1])
+
+
+def test_patch_maps_and_embeddings_share_one_pass_with_the_bits_of_separate_passes(tmp_path):
+    """Segmentation runs first (runner order), so its pass also fills the pooled-feature entry: one decode and,
+    for timm ViTs, one forward per split; the cached numbers are those of separate embed/patch_tokens calls."""
+    import torch
+
+    from dermbench import plugins
+    from dermbench.runner import plan
+
+    split = plugins.registry().dataset("dermsynth").obj(None, n=12).split("train")
+    vit = plugins.registry().model("random-vit").obj(None)
+    x = torch.stack([vit.transform(s.load_image()) for s in split.samples[:3]])
+    emb, maps = vit.embed_and_patch_tokens(x, [-1, 2])
+    assert torch.equal(emb, vit.embed(x)) and all(torch.equal(a, b) for a, b in zip(maps, vit.patch_tokens(x, [-1, 2])))
+
+    for bb in (vit, Tiny()):  # Tiny has no embed_and_patch_tokens: both calls on each decoded batch
+        joint, apart = FeatureStore(tmp_path / f"{bb.info.name}-joint", batch_size=4), \
+            FeatureStore(tmp_path / f"{bb.info.name}-apart", batch_size=4)
+        maps = joint.patch_tokens(bb, split, [-1, 2])
+        assert joint.stats.images_forwarded == len(split) and joint.stats.misses == 2
+        e = joint.embeddings(bb, split)
+        assert joint.stats.hits == 1 and joint.stats.images_forwarded == len(split)  # no second pass
+        e2 = apart.embeddings(bb, split)
+        maps2 = apart.patch_tokens(bb, split, [-1, 2])  # embeddings exist: the maps alone
+        assert apart.stats.images_forwarded == 2 * len(split)
+        assert e.dtype == np.float32 and np.array_equal(e, e2)
+        assert all(a.dtype == np.float16 and np.array_equal(a, b) for a, b in zip(maps, maps2))
+
+    cells = plan(["random-vit"], ["probe", "segmentation", "retrieval"], ["dermsynth"]).cells
+    assert [c.task for c in cells] == ["segmentation", "probe", "retrieval"]
