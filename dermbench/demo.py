@@ -181,7 +181,7 @@ def compact_table(data: dict[str, Any], n_boot: int | None = None) -> tuple[str,
         legend.append(
             f"**best**; n.s. = not shown to differ from the best (paired bootstrap on identical resamples, "
             f"Holm within each column: {'/'.join(map(str, sizes))} test(s) per column"
-            + (f", smallest attainable adjusted p {max(sizes)}/(B+1) = {max(sizes) / (n_boot + 1):.3f} at B={n_boot}"
+            + (f", smallest attainable adjusted p {max(sizes)}/(B+1) = {max(sizes) / (n_boot + 1):.2g} at B={n_boot}"
                if n_boot else "") + "); unmarked = significantly worse at 0.05.")
     if unresolvable:
         legend.append(f"no n.s. marks in {len(unresolvable)} column(s): at this B no difference there can reach "
