@@ -1354,6 +1354,8 @@ def dry_run(p: Plan, opts: RunOptions) -> DryRun:
             if (cell.model, cell.dataset, kind) in extracted:
                 continue
             extracted.add((cell.model, cell.dataset, kind))
+            if kind == "patch":  # patch-token tasks run first and their pass also stores the pooled embeddings
+                extracted.add((cell.model, cell.dataset, "embed"))
             # the splits the task reads: those its options name (train_split=, test_split=), else train + test
             named = {str(v) for v in r.params[cell.task].values() if isinstance(v, str)}
             used = ([n for n in sorted(ds.splits) if n in named]
