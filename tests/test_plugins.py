@@ -363,3 +363,19 @@ def test_sdk_is_light_and_keeps_old_names():
         api.not_a_name  # noqa: B018
     with pytest.warns(DeprecationWarning, match="iter_chunks is deprecated"):
         assert [list(c) for c in api.iter_chunks([1, 2, 3], 2)] == [[1, 2], [3]]
+
+
+def test_every_first_party_task_option_is_declared_and_accepted():
+    """--task-opt can set exactly what the constructor takes (a subclass passing **options to its parent counts)."""
+    reg = plugins.registry()
+    tasks = {n: e for n, e in reg.tasks.items() if e.plugin.startswith("tasks-")}
+    assert {"federated", "federated-datasets", "probe", "segmentation"} <= set(tasks)
+    for name, entry in tasks.items():
+        inits = [vars(c)["__init__"] for c in entry.obj.__mro__ if c is not object and "__init__" in vars(c)]
+        params = {n: p for f in inits for n, p in inspect.signature(f).parameters.items()}
+        named = {n for n, p in params.items() if n != "self" and not n.startswith("_")
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        base_takes_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(inits[-1]).parameters.values())
+        assert named <= set(entry.info.defaults), (name, "not settable", sorted(named - set(entry.info.defaults)))
+        if not base_takes_any:  # options the constructors would refuse
+            assert set(entry.info.defaults) <= named, (name, "refused", sorted(set(entry.info.defaults) - named))

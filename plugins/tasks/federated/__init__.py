@@ -305,7 +305,7 @@ class Federated:
 
     def __init__(self, rounds=2, local_epochs=2, lr=2e-4, batch_size=32, fraction_fit=1.0, fraction_evaluate=1.0,
                  strategy="fedavg", proximal_mu=0.0, single_class_sites="exclude", engine="simulation",
-                 round_timeout=600.0, train_split="train", test_split="test", site_datasets="", _fault: str = "",
+                 round_timeout=600.0, train_split="train", test_split="test", _fault: str = "",
                  primary: str = "pooled", lr_schedule: str = "step", eta_min: float = 0.0, init: str = "uniform"):
         if primary not in ("pooled", "site_mean"):
             raise DermbenchError(f"federated.primary={primary!r}: choose pooled (all test samples) or site_mean "
@@ -321,9 +321,7 @@ class Federated:
                            lr_schedule=lr_schedule, eta_min=eta_min, init=init)
         if engine not in ENGINES:
             raise DermbenchError(f"federated.engine={engine!r} is unknown; choose one of {ENGINES}")
-        if isinstance(site_datasets, str):
-            site_datasets = [n.strip() for n in site_datasets.split(",") if n.strip()]
-        self.site_datasets = list(site_datasets or [])
+        self.site_datasets: list[str] = []
         # fault injection for tests: "raise|exit:<site>:<round>" (see .app); also DERMBENCH_FL_FAULT
         self.fault = _fault or os.environ.get("DERMBENCH_FL_FAULT", "")
 
@@ -483,10 +481,22 @@ def _paired(a: dict, b: dict, split_hash: str, n_boot: int) -> dict[str, Any]:
     return out
 
 
+class FederatedDatasets(Federated):
+    """``federated`` with every dataset a site: the cell's dataset plus ``site_datasets`` (comma-separated)."""
+
+    info = INFO_DATASETS
+
+    def __init__(self, site_datasets: str | list[str] = "", **options: Any):
+        super().__init__(**options)
+        if isinstance(site_datasets, str):
+            site_datasets = [n.strip() for n in site_datasets.split(",") if n.strip()]
+        self.site_datasets = list(site_datasets or [])
+
+
 @hookimpl
 def register_tasks(register):
     register(INFO, Federated)
-    register(INFO_DATASETS, Federated)
+    register(INFO_DATASETS, FederatedDatasets)
 
 
 def _resolve_metric(name: str):
