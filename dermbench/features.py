@@ -167,6 +167,8 @@ class FeatureStore:
         with self.lock(key), self.lock(ekey, blocking=False) as free:
             if free is None or self.read(key, ids) is not None or self.read(ekey, ids) is not None:
                 return None
+            if self._merge_parts(ekey, ids):  # an --extract-only array job stored the embeddings in shards
+                return None
             joint = getattr(backbone, "embed_and_patch_tokens", None)
 
             def fn(x):

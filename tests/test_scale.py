@@ -367,5 +367,13 @@ def test_patch_maps_and_embeddings_share_one_pass_with_the_bits_of_separate_pass
         assert e.dtype == np.float32 and np.array_equal(e, e2)
         assert all(a.dtype == np.float16 and np.array_equal(a, b) for a, b in zip(maps, maps2))
 
+    sharded = FeatureStore(tmp_path / "sharded", batch_size=4)  # --extract-only array job, then the task step
+    assert [sharded.extract_shard(vit, split, (i, 3)) for i in (1, 2, 3)] == ["part", "part", "merged"]
+    forwarded = sharded.stats.images_forwarded
+    sharded.patch_tokens(vit, split, [-1, 2])
+    assert sharded.stats.images_forwarded - forwarded == len(split)  # the maps alone: the shards' embeddings kept
+    assert np.array_equal(sharded.embeddings(vit, split), FeatureStore(tmp_path / f"{vit.info.name}-apart",
+                                                                        batch_size=4).embeddings(vit, split))
+
     cells = plan(["random-vit"], ["probe", "segmentation", "retrieval"], ["dermsynth"]).cells
     assert [c.task for c in cells] == ["segmentation", "probe", "retrieval"]
