@@ -227,6 +227,37 @@ def record_throughput(cache_root: Path, model: str, device: str, images_per_s: f
         pass
 
 
+TASK_TIMES_FILE = "task_times.json"
+
+
+def record_task_time(cache_root: Path, task: str, dataset: str, device: str, seconds: float) -> None:
+    """Keep the last 9 measured durations of ``task`` on ``dataset`` (feature extraction excluded) for dry runs."""
+    path = Path(cache_root) / TASK_TIMES_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        key = f"{task}|{dataset}@{str(device).split(':')[0]}"
+        data[key] = [*[float(v) for v in data.get(key, [])][-8:], round(float(seconds), 3)]
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    except (OSError, ValueError, TypeError, AttributeError, DermbenchError):
+        pass
+
+
+def read_task_time(cache_root: Path, task: str, dataset: str, device: str) -> float | None:
+    """Median measured duration of ``task`` on ``dataset`` on this device kind, else on any dataset, else None."""
+    import statistics
+
+    try:
+        data = json.loads((Path(cache_root) / TASK_TIMES_FILE).read_text())
+        dev = str(device).split(":")[0]
+        same = data.get(f"{task}|{dataset}@{dev}")
+        if same:
+            return float(statistics.median(same))
+        other = [float(v) for k, vs in data.items() if k.startswith(f"{task}|") and k.endswith(f"@{dev}") for v in vs]
+        return float(statistics.median(other)) if other else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def read_throughput(cache_root: Path) -> dict[str, float]:
     try:
         data = json.loads((Path(cache_root) / THROUGHPUT_FILE).read_text())
@@ -1021,9 +1052,11 @@ class Runner:
         task = reg.task(cell.task).obj(**params)
         _seed_everything(cell.seed)
         hits0, miss0, fwd0 = self.store.stats.hits, self.store.stats.misses, self.store.stats.images_forwarded
+        ext0 = self.store.stats.extract_seconds
         t0 = time.perf_counter()
         output: TaskOutput = task.run(ctx)
         t_task = time.perf_counter() - t0
+        t_extract = self.store.stats.extract_seconds - ext0
         validate = getattr(api, "validate_task_output", None)
         if callable(validate):
             validate(output, task=cell.task)
@@ -1041,6 +1074,8 @@ class Runner:
             n_boot=self.opts.n_boot, ci=self.opts.ci, strata=output.strata if output.strata is not None else "auto",
         )
         t_stats = time.perf_counter() - t1
+        record_task_time(self.store.root, cell.task, cell.dataset, self.opts.device,
+                         max(0.0, t_task - t_extract) + t_stats)
         if output.strata is not None:  # stored so later comparisons redraw the same stratified resamples
             output.predictions["strata"] = [int(v) if hasattr(v, "__int__") else v for v in output.strata]
         bb = self._backbones.get(cell.model)
@@ -1078,7 +1113,8 @@ class Runner:
                 "execution": self.execution(),
                 **({"run_file": dict(self.opts.run_file)} if self.opts.run_file else {}),  # never hashed
                 "created": time.time(),
-                "timings": {"task_seconds": round(t_task, 3), "stats_seconds": round(t_stats, 3)},
+                "timings": {"task_seconds": round(t_task, 3), "stats_seconds": round(t_stats, 3),
+                            "extract_seconds": round(t_extract, 3)},  # part of task_seconds
                 "feature_cache": {
                     "hits": self.store.stats.hits - hits0,
                     "misses": self.store.stats.misses - miss0,
@@ -1313,7 +1349,8 @@ def _task_seconds(out: Path, task: str) -> float | None:
     for path in sorted(Path(out).glob(f"*/{task}/*/seed*.json"))[:20]:
         try:
             t = json.loads(path.read_text()).get("provenance", {}).get("timings", {})
-            secs.append(float(t.get("task_seconds", 0.0)) + float(t.get("stats_seconds", 0.0)))
+            secs.append(float(t.get("task_seconds", 0.0)) - float(t.get("extract_seconds", 0.0))
+                        + float(t.get("stats_seconds", 0.0)))
         except (OSError, ValueError, TypeError, AttributeError):
             continue
     return statistics.median(secs) if secs else None
@@ -1325,7 +1362,8 @@ def dry_run(p: Plan, opts: RunOptions) -> DryRun:
     Datasets are loaded (their file lists, for split hashes and sizes); nothing is written. Extraction time is
     the images of each (model, dataset) not in the feature cache divided by the model's measured images/s on
     this device (``<cache>/throughput.json``, written whenever a run extracts) or a labelled default; task time
-    is the median of this task's records in --out, or a labelled default.
+    (extraction excluded) is the median of this task's records in --out, else of its last runs on this machine
+    (``<cache>/task_times.json``: same dataset first, then any), else a labelled default.
     """
     reg = plugins.registry()
     r = Runner(opts, console=None, quiet=True)
@@ -1371,11 +1409,14 @@ def dry_run(p: Plan, opts: RunOptions) -> DryRun:
                     d.guesses.append(guess)
             d.extraction_s += todo / rate
             est += todo / rate
-        if cell.task not in task_cache:
-            task_cache[cell.task] = _task_seconds(opts.out, cell.task)
-            if task_cache[cell.task] is None:
-                d.guesses.append(f"{cell.task} {DEFAULT_TASK_S:.0f}s per cell (no record of it in {opts.out})")
-        t = task_cache[cell.task] if task_cache[cell.task] is not None else DEFAULT_TASK_S
+        tkey = f"{cell.task}|{cell.dataset}"
+        if tkey not in task_cache:
+            task_cache[tkey] = (_task_seconds(opts.out, cell.task)
+                                or read_task_time(r.store.root, cell.task, cell.dataset, opts.device))
+            guess = f"{cell.task} {DEFAULT_TASK_S:.0f}s per cell (never measured here)"
+            if task_cache[tkey] is None and guess not in d.guesses:
+                d.guesses.append(guess)
+        t = task_cache[tkey] if task_cache[tkey] is not None else DEFAULT_TASK_S
         d.task_s += t
         d.planned.append((cell, est + t))
     return d

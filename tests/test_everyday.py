@@ -4,10 +4,12 @@ skip reason, progress lines in logs, one cache variable, the demo's quiet stderr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,18 @@ def test_dry_run_plans_estimates_and_loads_no_model(tmp_path, loadcount):
     assert [c.task for c, _ in d2.reused] == ["retrieval"] and [c.task for c, _ in d2.planned] == ["probe"]
     assert d2.extraction_s == 0  # features are cached now
     assert not any("loadcount-vit" in g for g in d2.guesses)
+    assert any(g.startswith("probe ") for g in d2.guesses)  # probe never ran here: a labelled default
+
+    # a task measured on this machine (in another results folder) is estimated from that, extraction excluded
+    (rec,) = (tmp_path / "results").glob("dermsynth/retrieval/loadcount-vit/seed0-*.json")
+    timings = json.loads(rec.read_text())["provenance"]["timings"]
+    assert 0 <= timings["extract_seconds"] <= timings["task_seconds"]
+    measured = runner.read_task_time(opts.cache_dir, "retrieval", "dermsynth", "cpu")
+    assert measured == pytest.approx(timings["task_seconds"] - timings["extract_seconds"] + timings["stats_seconds"],
+                                     abs=2e-3)
+    other = runner.dry_run(runner.plan(["loadcount-vit"], ["retrieval"], ["dermsynth"]),
+                           replace(opts, out=tmp_path / "elsewhere"))
+    assert not other.guesses and other.task_s == pytest.approx(measured)
 
 
 def test_dry_run_on_unknown_names_is_an_error_listing_valid_ones():
