@@ -490,8 +490,8 @@ def task_info(name: str) -> TaskInfo:
 def run_task(name: str, ctx: TaskContext, options: Mapping[str, Any] | None = None) -> TaskOutput:
     """Run another registered task in the current cell (a task built on a base task, e.g. fairness over probe).
 
-    ``options`` are validated against the base task's ``TaskInfo.defaults`` like ``--task-opt`` values; the
-    merged parameters are logged through ``ctx.log``."""
+    ``options`` are validated against the base task's ``TaskInfo.defaults`` like ``--task-opt`` values; one line
+    through ``ctx.log`` names the task and the options that differ from its defaults."""
     from dermbench import plugins, runner
 
     entry = plugins.registry().task(name)
@@ -499,7 +499,8 @@ def run_task(name: str, ctx: TaskContext, options: Mapping[str, Any] | None = No
     if why:
         raise DermbenchError(f"task {name!r} cannot run in this cell: {why}")
     params = runner.task_params(entry.info, dict(options or {}))
-    ctx.log(f"{name} {params}")
+    changed = {k: v for k, v in params.items() if k not in entry.info.defaults or entry.info.defaults[k] != v}
+    ctx.log(f"base task {name}: " + (f"defaults except {changed}" if changed else "its defaults"))
     return entry.obj(**params).run(ctx)
 
 

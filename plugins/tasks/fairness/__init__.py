@@ -243,7 +243,6 @@ class Fairness:
         why = info.incompatibility(ctx.model_info, ctx.dataset.info)
         if why:
             raise DermbenchError(f"fairness base task {self.base!r} cannot run here: {why}")
-        ctx.log(f"fairness: base task {self.base}")
         return run_task(self.base, ctx, self.base_opts), info
 
     def run(self, ctx) -> TaskOutput:
