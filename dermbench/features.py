@@ -354,14 +354,21 @@ class FeatureStore:
         return d.with_name(f"{d.name}.parts") / f"of{N}"
 
     def extract_shard(self, backbone: Backbone, split: Split, shard: tuple[int, int], device: str = "cpu",
-                      progress: Any = None) -> str:
+                      progress: Any = None, layers: Sequence[int] | None = None) -> str:
         """Embed shard i of N of the split's rows into a part of the entry; the last part to finish merges.
 
         For array jobs over one huge split: every task writes its rows to ``<entry>.parts/ofN/i``; whoever
         finds all N parts present assembles the entry (streamed, under the entry lock) and removes the parts,
         and a later run that finds complete parts merges them itself. Returns 'hit', 'part' or 'merged'.
+        With ``layers``: the patch maps of those layers (the entry ``patch_tokens`` reads) instead.
         """
-        key, ids = self.key(backbone, split, "embed"), split.ids
+        if layers:
+            key, np_dtype = self.key(backbone, split, "patch", layers, dtype="float16"), "float16"
+            fn = lambda x: backbone.patch_tokens(x, list(layers))  # noqa: E731
+        else:
+            key, np_dtype = self.key(backbone, split, "embed"), "float32"
+            fn = lambda x: [backbone.embed(x)]  # noqa: E731
+        ids = split.ids
         i, N = shard
         if not 1 <= i <= N:
             raise DermbenchError(f"shard {i}/{N}: need 1 <= i <= N")
@@ -376,7 +383,7 @@ class FeatureStore:
                 t0 = time.perf_counter()
                 w = _EntryWriter(part, hi - lo)
                 try:
-                    extract(backbone, split, lambda x: [backbone.embed(x)], device=device,
+                    extract(backbone, split, fn, device=device, np_dtype=np_dtype,
                             batch_size=self.batch_size, num_threads=self.num_threads, progress=progress,
                             sink=lambda b, arrs: w.add(b, arrs), workers=self.workers, amp=self.amp,
                             channels_last=self.channels_last, rows=(lo, hi), distributed=False)

@@ -992,7 +992,8 @@ class Runner:
             claim.release()
 
     def _extract_only(self, p: Plan) -> RunSummary:
-        """--extract-only: embed every split the planned cells need; with --shard i/n only that shard's rows.
+        """--extract-only: embed every split the planned cells need (and the patch maps of tasks that declare
+        ``patch_layers``); with --shard i/n only that shard's rows.
 
         For array jobs over huge datasets: n tasks each extract a contiguous 1/n of every split's batches into
         the shared feature store; the last to finish merges the parts into the entry that a later
@@ -1003,24 +1004,38 @@ class Runner:
         if ddp.is_active() and self.opts.shard:
             raise DermbenchError("--extract-only --shard runs one process per array task: drop torchrun or --shard")
         reg = plugins.registry()
-        seen: set[tuple[str, str]] = set()
+        seen: set[tuple[str, str, tuple[int, ...]]] = set()
         for cell in p.cells:
-            if (cell.model, cell.dataset) in seen or "cls" not in reg.task(cell.task).info.capabilities:
-                continue
-            seen.add((cell.model, cell.dataset))
-            ds, bb = self.dataset(cell.dataset), self.backbone(cell.model)
-            for name in sorted(ds.splits):
-                split = ds.split(name)
-                with self.progress(f"features {cell.model} / {cell.dataset}:{name}", len(split)) as adv:
-                    if self.opts.shard and not ddp.is_active():
-                        state = self.store.extract_shard(bb, split, self.opts.shard, device=self.opts.device,
-                                                         progress=adv)
-                    else:
-                        with self.store.collective():  # under torchrun: all ranks share the batches
-                            self.store.embeddings(bb, split, device=self.opts.device, progress=adv)
-                        state = "done"
-                self.log(f"features {cell.model} / {cell.dataset}:{name}"
-                         f"{f' shard {self.opts.shard[0]}/{self.opts.shard[1]}' if self.opts.shard else ''}: {state}")
+            entry = reg.task(cell.task)
+            wants: list[tuple[int, ...]] = []  # patch maps first: unsharded, their pass also fills the embeddings
+            if "patch_tokens" in entry.info.capabilities and callable(getattr(entry.obj, "patch_layers", None)):
+                # the task says which layers its run reads (segmentation: TaskClass.patch_layers(backbone))
+                wants.append(tuple(entry.obj(**self.params[cell.task]).patch_layers(self.backbone(cell.model))))
+            if "cls" in entry.info.capabilities:
+                wants.append(())
+            for layers in wants:
+                if (cell.model, cell.dataset, layers) in seen:
+                    continue
+                seen.add((cell.model, cell.dataset, layers))
+                ds, bb = self.dataset(cell.dataset), self.backbone(cell.model)
+                what = f"patch maps {list(layers)}" if layers else "features"
+                for name in sorted(ds.splits):
+                    split = ds.split(name)
+                    with self.progress(f"{what} {cell.model} / {cell.dataset}:{name}", len(split)) as adv:
+                        if self.opts.shard and not ddp.is_active():
+                            state = self.store.extract_shard(bb, split, self.opts.shard, device=self.opts.device,
+                                                             progress=adv, layers=layers or None)
+                        else:
+                            with self.store.collective():  # under torchrun: all ranks share the batches
+                                if layers:
+                                    self.store.patch_tokens(bb, split, layers, device=self.opts.device,
+                                                            progress=adv)
+                                else:
+                                    self.store.embeddings(bb, split, device=self.opts.device, progress=adv)
+                            state = "done"
+                    self.log(f"{what} {cell.model} / {cell.dataset}:{name}"
+                             f"{f' shard {self.opts.shard[0]}/{self.opts.shard[1]}' if self.opts.shard else ''}: "
+                             f"{state}")
         return self.summary
 
     def _preextract(self, cells: list[Cell]) -> None:

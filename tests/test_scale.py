@@ -377,3 +377,25 @@ def test_patch_maps_and_embeddings_share_one_pass_with_the_bits_of_separate_pass
 
     cells = plan(["random-vit"], ["probe", "segmentation", "retrieval"], ["dermsynth"]).cells
     assert [c.task for c in cells] == ["segmentation", "probe", "retrieval"]
+
+
+def test_extract_only_shards_the_patch_maps_segmentation_reads(tmp_path):
+    """Slurm recipe with segmentation: two array tasks shard the patch maps (the layers the task declares through
+    Segmentation.patch_layers); the task step then trains on them without a forward pass."""
+    from dataclasses import replace
+
+    from dermbench import runner
+    from dermbench.results import read_record
+
+    opts = runner.RunOptions(out=tmp_path / "r", cache_dir=tmp_path / "c", dataset_opts={"n": 12}, n_boot=50,
+                             task_params={"segmentation": {"epochs": 2}})
+    for i in (1, 2):
+        runner.run(["random-vit"], ["segmentation"], ["dermsynth"], replace(opts, extract_only=True, shard=(i, 2)),
+                   quiet=True)
+    assert not list((tmp_path / "r").rglob("seed*.json"))  # extraction only
+    kinds = sorted((e["kind"], tuple(e["layers"])) for e in FeatureStore(tmp_path / "c").entries())
+    assert kinds == [("patch", (11,)), ("patch", (11,))]  # the last of 12 blocks; train and test, merged parts
+    s = runner.run(["random-vit"], ["segmentation"], ["dermsynth"], opts, quiet=True)
+    (cell, path) = s.done[0]
+    rec = read_record(path)
+    assert rec.provenance["feature_cache"]["images_forwarded"] == 0 and rec.metrics["dice"]["value"] > 0

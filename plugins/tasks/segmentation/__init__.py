@@ -432,6 +432,11 @@ class Segmentation:
         self.n_overlays = int(n_overlays)
         self.train_split, self.test_split = train_split, test_split
 
+    def patch_layers(self, backbone: Any) -> list[int]:
+        """The layers whose patch maps ``run`` reads (``dermbench run --extract-only`` shards them beforehand)."""
+        n_layers = backbone.num_layers() if callable(getattr(backbone, "num_layers", None)) else None
+        return resolve_layers(self.layers, self.head, n_layers, is_vit=backbone.info.patch_size is not None)
+
     def run(self, ctx: Any) -> TaskOutput:
         import time
 
@@ -449,8 +454,7 @@ class Segmentation:
         yte = prepare_masks(test, pre, self.size, self.mask_resize)
         t_masks = time.perf_counter() - t0
 
-        n_layers = bb.num_layers() if callable(getattr(bb, "num_layers", None)) else None
-        layers = resolve_layers(self.layers, self.head, n_layers, is_vit=ctx.model_info.patch_size is not None)
+        layers = self.patch_layers(bb)
         t0 = time.perf_counter()
         ftr = ctx.patch_features(train, layers)
         fte = ctx.patch_features(test, layers)
