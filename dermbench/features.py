@@ -190,6 +190,9 @@ class FeatureStore:
                 pw.abort()
             self.stats.extract_seconds += time.perf_counter() - t0
             self.stats.images_forwarded += len(split)
+        return self._read_written(key, ids)
+
+    def _read_written(self, key: dict, ids: Sequence[str]) -> list["np.ndarray"]:
         got = self.read(key, ids)
         if got is None:
             raise DermbenchError(f"feature entry {self._entry_dir(key)} was written but cannot be read back: check "
@@ -334,11 +337,7 @@ class FeatureStore:
         self.stats.extract_seconds += time.perf_counter() - t0
         self.stats.images_forwarded += len(split)
         if arrays is None or ddp.rank() == 0:
-            got = self.read(key, ids)
-            if got is None:
-                raise DermbenchError(f"feature entry {d} was written but cannot be read back: check the disk "
-                                     f"under {self.root} (full? another process deleting it?)")
-            return got
+            return self._read_written(key, ids)
         return arrays
 
     # ---------------------------------------------------------------- sharded extraction (Slurm arrays)
